@@ -1,0 +1,1 @@
+"""The submission side of rstream. No torch import: a web host can submit jobs."""

@@ -1,0 +1,98 @@
+"""The model registry layout in storage; no torch here, so the producer can read it too.
+
+    {models}/{name}/{version}/weights.safetensors   written first
+    {models}/{name}/{version}/meta.json             written last: a version exists once this does
+    {models}/{name}/production.json                 {"version": ..., "previous": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.constants import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME
+from shared.errors import ConfigError, NotFoundError
+from shared.storage import Storage, join
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{4}$")
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is a valid model name, else ConfigError naming the rule."""
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"model name {name!r} is invalid: use letters, digits, '.', '_' or '-' (at most 64)")
+    return name
+
+
+def new_version(now: datetime | None = None) -> str:
+    """A version id that sorts by creation time: ``20261127T195512123456Z-3f2a``."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(2)
+
+
+class Registry:
+    """Model versions and production pointers under one storage prefix."""
+
+    def __init__(self, storage: Storage, prefix: str) -> None:
+        self.storage = storage
+        self.prefix = prefix
+
+    def version_uri(self, name: str, version: str, filename: str = "") -> str:
+        return join(self.prefix, check_name(name), version, filename)
+
+    def weights_uri(self, name: str, version: str) -> str:
+        return self.version_uri(name, version, WEIGHTS_NAME)
+
+    def meta_uri(self, name: str, version: str) -> str:
+        return self.version_uri(name, version, META_NAME)
+
+    def pointer_uri(self, name: str) -> str:
+        return join(self.prefix, check_name(name), PRODUCTION_NAME)
+
+    def read_meta(self, name: str, version: str) -> dict[str, Any]:
+        try:
+            data = self.storage.read(self.meta_uri(name, version))
+        except NotFoundError:
+            raise NotFoundError(
+                f"model {name}@{version} does not exist in {self.prefix}: "
+                f"list versions with `rstream models ls {name}`") from None
+        return dict(json.loads(data))
+
+    def versions(self, name: str) -> list[str]:
+        """Published versions of ``name``, oldest first; a version without meta.json is not one."""
+        base = join(self.prefix, check_name(name)) + "/"
+        found = []
+        for uri in self.storage.list(base):
+            rest = uri[len(base):]
+            version, _, filename = rest.partition("/")
+            if filename == META_NAME and VERSION_RE.match(version):
+                found.append(version)
+        return sorted(found)
+
+    def names(self) -> list[str]:
+        """Model names that have a production pointer or at least one version."""
+        base = self.prefix.rstrip("/") + "/"
+        seen = {uri[len(base):].split("/", 1)[0] for uri in self.storage.list(base)}
+        return sorted(n for n in seen if NAME_RE.match(n))
+
+    def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The production pointer and its ETag, or (None, None) when there is none yet."""
+        try:
+            data, etag = self.storage.read_versioned(self.pointer_uri(name))
+        except NotFoundError:
+            return None, None
+        return dict(json.loads(data)), etag
+
+    def production(self, name: str) -> str:
+        """The version workers should serve; NotFoundError when none is promoted."""
+        pointer, _ = self.read_pointer(name)
+        if not pointer:
+            raise NotFoundError(
+                f"model {name!r} has no production version in {self.prefix}: promote one with "
+                f"`rstream models promote {name}@VERSION` or pass NAME@VERSION")
+        return str(pointer["version"])

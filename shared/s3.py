@@ -1,0 +1,141 @@
+"""The S3 backend: any S3-compatible endpoint through boto3, errors mapped to our hierarchy.
+
+Retries are botocore's own ``standard`` mode (bounded attempts with jittered backoff on
+throttling, 5xx answers and connection errors); what still fails after them is mapped here to
+TransientError or PermanentError with the URI in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from shared.errors import (
+    AccessDeniedError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from shared.storage import Backend, ObjectInfo, PreconditionFailed
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
+})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+_DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
+                           "SignatureDoesNotMatch", "AllAccessDisabled"})
+
+
+def make_client(settings: Settings) -> Any:
+    """A boto3 S3 client with bounded standard retries and timeouts from ``settings``."""
+    config = Config(
+        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        connect_timeout=settings.s3_connect_timeout,
+        read_timeout=settings.s3_read_timeout,
+        max_pool_connections=max(10, settings.decode_threads * settings.concurrency),
+    )
+    # A session per client: boto3's default session is not thread-safe to create clients from.
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        region_name=settings.s3_region,
+        config=config,
+    )
+
+
+class S3Backend(Backend):
+    """One bucket; keys are object keys."""
+
+    def __init__(self, bucket: str, settings: Settings, client: Any = None) -> None:
+        self.bucket = bucket
+        self.client = client if client is not None else make_client(settings)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def read(self, key: str) -> bytes:
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            data = response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            _raise_mapped(exc, self.uri(key))
+        return data, response["ETag"]
+
+    def write(self, key: str, data: bytes, *, if_match: str | None = None,
+              if_none_match: bool = False) -> None:
+        # A single PUT is atomic in S3: readers see the old object or the new one.
+        extra: dict[str, str] = {}
+        if if_match is not None:
+            extra["IfMatch"] = if_match
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        except (ClientError, BotoCoreError) as exc:
+            _raise_mapped(exc, self.uri(key))
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            _raise_mapped(exc, self.uri(key))
+        return ObjectInfo(key, response["ContentLength"], response["ETag"])
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+        try:
+            for page in pages:  # one page (at most 1,000 keys) in memory at a time
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(item["Key"], item["Size"], item["ETag"])
+        except (ClientError, BotoCoreError) as exc:
+            _raise_mapped(exc, self.uri(prefix))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            _raise_mapped(exc, self.uri(key))
+
+
+def _raise_mapped(exc: Exception, uri: str) -> NoReturn:
+    raise map_error(exc, uri) from exc
+
+
+def map_error(exc: Exception, uri: str) -> Exception:
+    """The rstream error for a botocore failure on ``uri``."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = f"{uri}: {code or status} {error.get('Message', '')}".rstrip()
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFoundError(message)
+        if code in _DENIED_CODES or status == 403:
+            return AccessDeniedError(message)
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailed(message)
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientError(message + " (after retries)")
+        return PermanentError(message)
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
+        return TransientError(f"{uri}: {exc} (after retries)")
+    return PermanentError(f"{uri}: {exc}")

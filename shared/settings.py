@@ -1,0 +1,252 @@
+"""Settings: one frozen object built from ``RSTREAM_*`` environment variables.
+
+Build it once at an edge (the CLI, the worker start-up) with :meth:`Settings.from_env` and pass
+it down. Every field is documented here; the README's configuration table is generated from
+these docs (``rstream config --markdown``) and a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "RSTREAM_"
+
+Parser = Callable[[str], Any]
+
+
+def _setting(default: Any, doc: str, parse: Parser, fix: str) -> Any:
+    return field(default=default, metadata={"doc": doc, "parse": parse, "fix": fix})
+
+
+def _int(low: int, high: int | None = None) -> Parser:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"out of range [{low}, {high if high is not None else 'inf'}]")
+        return value
+
+    return parse
+
+
+def _float(low: float) -> Parser:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value >= low:  # also refuses NaN
+            raise ValueError(f"below {low}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if urlparse(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("not a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    if value and urlparse(value).scheme not in ("http", "https"):
+        raise ValueError("not an http:// or https:// URL")
+    return value
+
+
+def _buckets(raw: str) -> tuple[str, ...]:
+    names = tuple(sorted({part.strip() for part in raw.split(",") if part.strip()}))
+    for name in names:
+        if "/" in name or ":" in name:
+            raise ValueError(f"{name!r} is not a bare bucket name")
+    return names
+
+
+def _device(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in ("auto", "cpu", "cuda"):
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise ValueError("not auto, cpu, cuda or cuda:N")
+
+
+def _cron(raw: str) -> str:
+    value = " ".join(raw.split())
+    if len(value.split(" ")) != 5:
+        raise ValueError("not a five-field cron expression")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of rstream, validated; build with :meth:`from_env`."""
+
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0", "Redis URL: Celery broker, job records and locks.",
+        _redis_url, "use redis://HOST:PORT/DB")
+    storage_root: str = _setting(
+        "./rstream-data", "Local storage root; plain paths and file:// URIs resolve inside it.",
+        _str, "use a directory path")
+    results: str = _setting(
+        "results", "Where result parts and manifests go: a path under the root or s3://bucket/prefix.",
+        _str, "use a path or s3://bucket/prefix")
+    models: str = _setting(
+        "models", "Model registry location: a path under the root or s3://bucket/prefix.",
+        _str, "use a path or s3://bucket/prefix")
+    train_data: str = _setting(
+        "train", "Labelled training images, {train_data}/{class}/*, or a JSONL labels manifest.",
+        _str, "use a path, s3://bucket/prefix or a .jsonl file")
+    allowed_buckets: tuple[str, ...] = _setting(
+        (), "Comma-separated S3 buckets that may be read or written; empty allows any.",
+        _buckets, "use bucket names separated by commas")
+    s3_endpoint_url: str = _setting(
+        "", "S3 endpoint for MinIO or another S3-compatible server; empty means AWS.",
+        _http_url, "use http://HOST:PORT or leave it empty")
+    s3_region: str = _setting("us-east-1", "S3 region.", _str, "use a region name")
+    s3_max_attempts: int = _setting(
+        5, "Attempts per S3 request (botocore standard retry mode), first try included.",
+        _int(1, 20), "use an integer from 1 to 20")
+    s3_connect_timeout: float = _setting(
+        5.0, "S3 connect timeout in seconds.", _float(0.1), "use a number of seconds >= 0.1")
+    s3_read_timeout: float = _setting(
+        30.0, "S3 read timeout in seconds.", _float(0.1), "use a number of seconds >= 0.1")
+    chunk_size: int = _setting(
+        64, "Images per chunk task.", _int(1, 10_000), "use an integer from 1 to 10000")
+    max_pending_chunks: int = _setting(
+        256, "Producer waits while the infer queue holds more chunks than this; 0 turns it off.",
+        _int(0), "use an integer >= 0")
+    max_batch: int = _setting(
+        64, "Most images in one device batch.", _int(1, 4096), "use an integer from 1 to 4096")
+    max_delay_ms: float = _setting(
+        10.0, "Longest wait in milliseconds to fill a device batch.", _float(0.0),
+        "use a number of milliseconds >= 0")
+    device: str = _setting(
+        "auto", "auto, cpu, cuda or cuda:N; one process serves one device.", _device,
+        "use auto, cpu, cuda or cuda:N")
+    precision: str = _setting(
+        "auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 autocast.",
+        _choice("auto", "fp32", "fp16", "bf16"), "use auto, fp32, fp16 or bf16")
+    model: str = _setting(
+        "", "Default model reference: NAME, NAME@VERSION, torchvision:ARCH:WEIGHTS or random:ARCH.",
+        _str, "use a model reference such as random:resnet18")
+    topk: int = _setting(
+        5, "Classes reported per image.", _int(1, 100), "use an integer from 1 to 100")
+    max_image_pixels: int = _setting(
+        64_000_000, "Images declaring more pixels are refused before decoding.",
+        _int(1), "use an integer >= 1")
+    decode_threads: int = _setting(
+        4, "Threads per worker process that fetch and decode images.", _int(1, 256),
+        "use an integer from 1 to 256")
+    concurrency: int = _setting(
+        2, "Chunk tasks one worker process runs at once (its thread pool).", _int(1, 256),
+        "use an integer from 1 to 256")
+    task_time_limit: int = _setting(
+        900, "Hard time limit of one chunk task in seconds.", _int(10), "use an integer >= 10")
+    visibility_timeout: int = _setting(
+        3600, "Seconds before Redis redelivers an unacknowledged task; must exceed the time limit.",
+        _int(1), "use an integer > RSTREAM_TASK_TIME_LIMIT")
+    task_max_retries: int = _setting(
+        3, "Retries of a chunk after transient storage errors.", _int(0, 100),
+        "use an integer from 0 to 100")
+    job_ttl: int = _setting(
+        7 * 24 * 3600, "Seconds a job record stays in Redis after its last update.", _int(60),
+        "use an integer >= 60")
+    reload_interval: float = _setting(
+        30.0, "Seconds between checks of the production pointer by infer workers.", _float(0.0),
+        "use a number of seconds >= 0")
+    train_schedule: str = _setting(
+        "0 3 * * *", "Cron expression (UTC) for the scheduled fine-tune.", _cron,
+        "use five cron fields, e.g. '0 3 * * *'")
+    promote_tolerance: float = _setting(
+        0.0, "A candidate is promoted when its accuracy >= production's minus this.",
+        _float(0.0), "use a number >= 0")
+    log_level: str = _setting(
+        "info", "Logging level.", _choice("debug", "info", "warning", "error"),
+        "use debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ConfigError(
+                f"RSTREAM_VISIBILITY_TIMEOUT={self.visibility_timeout} must exceed "
+                f"RSTREAM_TASK_TIME_LIMIT={self.task_time_limit}, or Redis redelivers chunks that "
+                "are still running: raise RSTREAM_VISIBILITY_TIMEOUT")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win over both."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = env_name(f.name)
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif name in env:
+                values[f.name] = _parse(f, name, env[name])
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in _ENV_NAMES)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]}: check its spelling against the README's "
+                "configuration table (rstream config)")
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings, e.g. for a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[env_name(f.name)] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
+    try:
+        return f.metadata["parse"](raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is invalid ({exc}): {f.metadata['fix']}") from None
+
+
+_ENV_NAMES = frozenset(env_name(f.name) for f in dataclasses.fields(Settings))
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the field docs."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        shown = f"`{shown}`" if shown else "(empty)"
+        lines.append(f"| `{env_name(f.name)}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(lines)

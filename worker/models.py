@@ -1,0 +1,202 @@
+"""Model references, loading and saving. Loading never executes code from a file.
+
+One reference syntax everywhere (``--model``, ``RSTREAM_MODEL``, task messages):
+
+- ``NAME`` (the production version) or ``NAME@VERSION``: the registry in storage;
+- ``torchvision:resnet50:IMAGENET1K_V2``: torchvision's weights from the local torch hub cache;
+- ``random:resnet18[:classes=N][:seed=S]``: a seeded random initialization.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import safetensors.torch
+import torch
+import torchvision
+from torch import nn
+
+from shared.errors import ModelError, NotFoundError
+from shared.registry import Registry, check_name, new_version
+from worker.preprocess import Preprocessing
+
+ARCHS = ("resnet18", "resnet50")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference."""
+
+    kind: str  # "registry" | "torchvision" | "random"
+    arch: str = ""
+    name: str = ""
+    version: str = ""  # registry: empty means the production pointer
+    weights: str = ""  # torchvision: e.g. IMAGENET1K_V2
+    classes: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        text = text.strip()
+        if not text:
+            raise ModelError("no model given: pass --model or set RSTREAM_MODEL "
+                             "(e.g. random:resnet18, NAME, NAME@VERSION)")
+        head, _, rest = text.partition(":")
+        if head == "random":
+            return cls._parse_random(text, rest)
+        if head == "torchvision":
+            arch, _, weights = rest.partition(":")
+            _check_arch(arch, text)
+            return cls("torchvision", arch=arch, weights=weights or "DEFAULT")
+        if ":" in text:
+            raise ModelError(f"model reference {text!r} is not understood: use NAME, NAME@VERSION, "
+                             "torchvision:ARCH:WEIGHTS or random:ARCH")
+        name, _, version = text.partition("@")
+        try:
+            check_name(name)
+        except Exception as exc:
+            raise ModelError(f"model reference {text!r}: {exc}") from None
+        return cls("registry", name=name, version=version)
+
+    @classmethod
+    def _parse_random(cls, text: str, rest: str) -> ModelRef:
+        arch, *options = rest.split(":")
+        _check_arch(arch, text)
+        values = {"classes": 1000, "seed": 0}
+        for option in options:
+            key, _, raw = option.partition("=")
+            if key not in values or not raw.isdigit():
+                raise ModelError(f"model reference {text!r}: option {option!r} is not "
+                                 "classes=N or seed=S")
+            values[key] = int(raw)
+        if values["classes"] < 1:
+            raise ModelError(f"model reference {text!r}: classes must be at least 1")
+        return cls("random", arch=arch, classes=values["classes"], seed=values["seed"])
+
+
+def _check_arch(arch: str, text: str) -> None:
+    if arch not in ARCHS:
+        raise ModelError(f"model reference {text!r}: architecture {arch!r} is not one of "
+                         f"{', '.join(ARCHS)}")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, on the CPU, in eval mode, and what it is."""
+
+    module: nn.Module
+    version: str  # what result lines name: "NAME@VERSION", "random:resnet18:classes=…", …
+    classes: list[str]
+    preprocessing: Preprocessing
+    arch: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def build(arch: str, num_classes: int) -> nn.Module:
+    """An untrained torchvision ResNet with ``num_classes`` outputs."""
+    module: nn.Module = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    return module
+
+
+def load_model(ref: str | ModelRef, registry: Registry | None = None) -> LoadedModel:
+    """Resolve ``ref`` and load it on the CPU in eval mode."""
+    parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
+    if parsed.kind == "random":
+        loaded = _load_random(parsed)
+    elif parsed.kind == "torchvision":
+        loaded = _load_torchvision(parsed)
+    else:
+        if registry is None:
+            raise ModelError(f"model {parsed.name!r} needs the registry (RSTREAM_MODELS)")
+        version = parsed.version or registry.production(parsed.name)
+        loaded = load_version(registry, parsed.name, version)
+    loaded.module.eval()
+    return loaded
+
+
+def _load_random(ref: ModelRef) -> LoadedModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ref.seed)
+        module = build(ref.arch, ref.classes)
+    return LoadedModel(
+        module=module,
+        version=f"random:{ref.arch}:classes={ref.classes}:seed={ref.seed}",
+        classes=[f"class_{i}" for i in range(ref.classes)],
+        preprocessing=Preprocessing(),
+        arch=ref.arch,
+    )
+
+
+def _load_torchvision(ref: ModelRef) -> LoadedModel:
+    try:
+        weights = torchvision.models.get_model_weights(ref.arch)[ref.weights]
+    except KeyError:
+        raise ModelError(f"torchvision has no weights {ref.weights!r} for {ref.arch}") from None
+    filename = os.path.basename(weights.url)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    if not os.path.isfile(path):
+        raise ModelError(
+            f"torchvision:{ref.arch}:{weights.name} needs the file {filename} in "
+            f"{os.path.dirname(path)} (rstream never downloads weights): copy it there from a "
+            "machine that has it, or set TORCH_HOME to a directory whose checkpoints/ holds it")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module = build(ref.arch, len(weights.meta["categories"]))
+    module.load_state_dict(state)
+    transform = weights.transforms()
+    preprocessing = Preprocessing(
+        resize=int(transform.resize_size[0]), crop=int(transform.crop_size[0]),
+        mean=tuple(transform.mean), std=tuple(transform.std),
+        interpolation=transform.interpolation.value)
+    return LoadedModel(module, f"torchvision:{ref.arch}:{weights.name}",
+                       list(weights.meta["categories"]), preprocessing, ref.arch)
+
+
+def load_version(registry: Registry, name: str, version: str) -> LoadedModel:
+    """A registry version, checked: known arch, class count, finite weights."""
+    meta = registry.read_meta(name, version)
+    label = f"{name}@{version}"
+    arch, classes = meta.get("arch"), meta.get("classes")
+    if arch not in ARCHS or not isinstance(classes, list) or not classes:
+        raise ModelError(f"{label}: meta.json names no known arch and class list")
+    try:
+        blob = registry.storage.read(registry.weights_uri(name, version))
+        state = safetensors.torch.load(blob)
+    except NotFoundError:
+        raise ModelError(f"{label}: weights.safetensors is missing") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ModelError(f"{label}: weights.safetensors is unreadable ({exc})") from None
+    module = build(arch, len(classes))
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{label}: weights do not fit {arch} with {len(classes)} classes "
+                         f"({str(exc).splitlines()[0]})") from None
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise ModelError(f"{label}: weights contain NaN or infinite values")
+    return LoadedModel(module, label, [str(c) for c in classes],
+                       Preprocessing.from_dict(meta["preprocessing"]), arch, meta)
+
+
+def save_model(registry: Registry, name: str, module: nn.Module, *, arch: str,
+               classes: list[str], preprocessing: Preprocessing,
+               extra: dict[str, Any] | None = None, version: str | None = None) -> str:
+    """Publish ``module`` as a new version of ``name``; the weights first, meta.json last."""
+    version = version or new_version()
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    registry.storage.write(registry.weights_uri(name, version), safetensors.torch.save(state))
+    meta = {
+        "name": name,
+        "version": version,
+        "arch": arch,
+        "classes": list(classes),
+        "preprocessing": preprocessing.to_dict(),
+        "created_at": datetime.now(UTC).isoformat(),
+        **(extra or {}),
+    }
+    registry.storage.write(registry.meta_uri(name, version),
+                           json.dumps(meta, indent=2).encode())
+    return version
