@@ -28,6 +28,27 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     return score_command(args, settings)
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.constants import INFER_QUEUE
+    from worker import launcher
+
+    gpus = launcher.parse_gpus(args.gpus) if args.gpus else None
+    return launcher.run(settings, gpus=gpus, cpu=args.cpu, queue=INFER_QUEUE,
+                        concurrency=args.concurrency)
+
+
+def _lazy(name: str) -> Handler:
+    """A handler from producer.commands, imported when it runs (Celery is slow to import)."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        from producer import commands
+
+        run: Handler = getattr(commands, name)
+        return run(args, settings)
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rstream", description="Batch image classification over Redis and Celery.")
@@ -43,7 +64,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output JSONL file (default: standard output)")
     p.add_argument("--topk", type=int, help="classes per image (default RSTREAM_TOPK)")
     p.set_defaults(handler=_score)
+
+    _add_job_commands(commands)
+
+    p = commands.add_parser("worker", help="start inference workers: one process per GPU")
+    p.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: every GPU nvidia-smi lists)")
+    p.add_argument("--cpu", action="store_true", help="one worker on the CPU, even with GPUs")
+    p.add_argument("--concurrency", type=int, help="chunk tasks per process "
+                   "(default RSTREAM_CONCURRENCY)")
+    p.set_defaults(handler=_worker)
     return parser
+
+
+def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("submit", help="submit a prefix, a manifest file or a list for scoring")
+    p.add_argument("source", help="s3://bucket/prefix/, a path under the storage root, "
+                   "or a manifest (.txt/.jsonl) of URIs")
+    p.add_argument("--job", help="job id (default: generated); resubmitting the same resumes it")
+    p.add_argument("--model", help="model reference (default RSTREAM_MODEL)")
+    p.add_argument("--chunk-size", type=int, help="images per task (default RSTREAM_CHUNK_SIZE)")
+    p.add_argument("--wait", action="store_true", help="wait for the job with a progress bar")
+    p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
+    p.set_defaults(handler=_lazy("submit_command"))
+
+    p = commands.add_parser("status", help="a job's counts, rate and ETA")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.set_defaults(handler=_lazy("status_command"))
+
+    p = commands.add_parser("wait", help="wait for a job with a progress bar")
+    p.add_argument("job")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
+    p.set_defaults(handler=_lazy("wait_command"))
+
+    p = commands.add_parser("results", help="stream a job's result lines (JSONL)")
+    p.add_argument("job")
+    p.add_argument("--failed", action="store_true", help="only the failed images")
+    p.set_defaults(handler=_lazy("results_command"))
+
+    p = commands.add_parser("cancel", help="skip a job's queued chunks (running ones finish)")
+    p.add_argument("job")
+    p.set_defaults(handler=_lazy("cancel_command"))
+
+    p = commands.add_parser("retry", help="resubmit a finished job's failed images")
+    p.add_argument("job")
+    p.add_argument("--wait", action="store_true", help="wait for the retry")
+    p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any still fail")
+    p.set_defaults(handler=_lazy("retry_command"))
+
+    p = commands.add_parser("jobs", help="recent jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(handler=_lazy("jobs_command"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,8 +10,9 @@ FINETUNE_TASK = "rstream.finetune"
 
 REDIS_PREFIX = "rstream"
 JOB_KEY = REDIS_PREFIX + ":job:{job}"
-JOB_CHUNKS_DONE_KEY = REDIS_PREFIX + ":job:{job}:done"
-JOB_MODELS_KEY = REDIS_PREFIX + ":job:{job}:models"
+JOB_SENT_KEY = REDIS_PREFIX + ":job:{job}:sent"  # "chunk:generation" -> 1, once sent
+JOB_DONE_KEY = REDIS_PREFIX + ":job:{job}:done"  # "chunk:generation" -> 1, once its part is written
+JOB_COUNTS_KEY = REDIS_PREFIX + ":job:{job}:counts"  # chunk -> {"ok", "failed", "models"}
 JOBS_INDEX_KEY = REDIS_PREFIX + ":jobs"
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"
 

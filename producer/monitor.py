@@ -1,0 +1,76 @@
+"""Following jobs: status with rate and ETA, waiting with a progress bar, reading results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from shared import results as result_lines
+from shared.constants import PART_NAME
+from shared.jobs import DONE, Job, JobStore
+from shared.manifest import manifest_uri, write_manifest
+from shared.storage import Storage, join
+
+
+@dataclass(frozen=True)
+class Status:
+    """A job's progress, with its rate and an estimate of the time left."""
+
+    job: Job
+    rate: float  # images per second since the job was created
+    eta_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job.id, **self.job.fields, "processed": self.job.processed,
+                "rate": round(self.rate, 2),
+                "eta_s": None if self.eta_s is None else round(self.eta_s, 1)}
+
+
+def status(store: JobStore, job_id: str) -> Status:
+    job = store.get(job_id)
+    end = float(job.fields.get("finished_at") or time.time())
+    elapsed = max(end - float(job.fields["created_at"]), 1e-9)
+    rate = job.processed / elapsed
+    remaining = int(job.fields.get("images", 0)) - job.processed
+    eta = remaining / rate if rate > 0 and not job.finished else None
+    return Status(job, rate, eta)
+
+
+def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool = True,
+         poll_s: float = 0.5, timeout_s: float | None = None) -> Job:
+    """Block until the job is done or cancelled, with a progress bar; returns the final record.
+
+    When the job is done but its manifest is missing (the worker that finished it died just
+    then), the manifest is written here, so a finished job always has one.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with tqdm(total=0, unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
+        while True:
+            job = store.get(job_id)
+            bar.total = max(int(job.fields.get("images", 0)), job.processed)
+            bar.set_postfix(failed=job.fields.get("failed", 0), refresh=False)
+            bar.update(job.processed - bar.n)
+            if job.finished:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
+            time.sleep(poll_s)
+    if job.fields["status"] == DONE and not storage.exists(
+            manifest_uri(job.fields["results"], job_id)):
+        write_manifest(storage, store, job_id)
+    return job
+
+
+def results(store: JobStore, storage: Storage, job_id: str, *,
+            failed_only: bool = False) -> Iterator[dict[str, Any]]:
+    """The job's result lines, part by part in chunk order, streamed."""
+    job = store.get(job_id)
+    prefix = join(job.fields["results"], job_id, PART_NAME.split("{")[0])
+    for uri in sorted(storage.list(prefix)):  # zero-padded chunk numbers sort as numbers
+        for line in result_lines.decode(storage.read(uri)):
+            if not failed_only or not line["ok"]:
+                yield line

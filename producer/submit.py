@@ -1,0 +1,129 @@
+"""Submitting jobs: stream URIs into chunk tasks, with backpressure, resumable, and retries."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+
+from celery import Celery
+
+from producer.sources import iter_uris
+from shared import results as result_lines
+from shared.celery_app import make_app, queue_keys
+from shared.constants import INFER_QUEUE, INFER_TASK
+from shared.errors import ConfigError, NotFoundError
+from shared.jobs import JobStore, new_job_id
+from shared.manifest import part_uri, write_manifest
+from shared.messages import ChunkMessage
+from shared.settings import Settings
+from shared.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (chunks sent, images sent)
+
+
+class Client:
+    """What the producer needs: settings, storage, the job store and a Celery app."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.storage = Storage(settings)
+        self.jobs = JobStore.from_url(settings.redis_url, settings.job_ttl)
+        self.app = app or make_app(settings)
+
+    def pending_chunks(self) -> int:
+        """Chunk messages waiting in the infer queue (not counting ones being worked on)."""
+        with self.jobs.redis.pipeline(transaction=False) as pipe:
+            for key in queue_keys(INFER_QUEUE):
+                pipe.llen(key)
+            return sum(pipe.execute())
+
+    def wait_for_room(self, limit: int) -> None:
+        """Block while the infer queue holds ``limit`` chunks or more (0: never block)."""
+        delay = 0.05
+        while limit and self.pending_chunks() >= limit:
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def send(self, message: ChunkMessage) -> None:
+        self.app.send_task(INFER_TASK, kwargs={"message": message.to_dict()},
+                           queue=INFER_QUEUE, task_id=message.task_id)
+
+
+def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of ``size`` items (the last may be shorter), holding one list at a time."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def submit(source: str | Iterable[str], job: str | None = None, model: str | None = None,
+           chunk_size: int | None = None, *, settings: Settings | None = None,
+           max_pending: int | None = None, client: Client | None = None,
+           progress: Progress | None = None) -> str:
+    """Submit every image of ``source`` for scoring; returns the job id.
+
+    ``source`` is a storage prefix, a manifest file or an iterable of URIs. Resubmitting the
+    same job id with the same arguments resumes it: chunks already done are not sent again,
+    and no chunk is counted twice.
+    """
+    settings = settings or (client.settings if client else Settings.from_env())
+    client = client or Client(settings)
+    model = model or settings.model
+    if not model:
+        raise ConfigError("no model given: pass --model or set RSTREAM_MODEL "
+                          "(e.g. random:resnet18, NAME or NAME@VERSION)")
+    size = chunk_size or settings.chunk_size
+    limit = settings.max_pending_chunks if max_pending is None else max_pending
+    job = job or new_job_id()
+    source_text = source if isinstance(source, str) else "<list>"
+    client.jobs.create_or_resume(job, model=model, results=settings.results,
+                                 source=source_text, chunk_size=size)
+    sent = images = 0
+    for index, uris in enumerate(chunked(iter_uris(source, client.storage), size)):
+        if client.jobs.is_done(job, index, 0):
+            continue
+        client.wait_for_room(limit)
+        client.jobs.mark_sent(job, index, 0, len(uris))
+        client.send(ChunkMessage(job, index, uris, model, settings.results))
+        sent += 1
+        images += len(uris)
+        if progress:
+            progress(sent, images)
+    _end_submit(client, job)
+    logger.info("job %s: sent %d chunks, %d images", job, sent, images)
+    return job
+
+
+def _end_submit(client: Client, job: str) -> None:
+    if client.jobs.end_submit(job):  # every chunk was already done: nobody else will write it
+        write_manifest(client.storage, client.jobs, job)
+
+
+def retry(job: str, *, client: Client) -> int:
+    """Resubmit the failed URIs of a finished job; returns how many were resubmitted.
+
+    Each retry chunk replaces the lines of its URIs in the existing part, and the job's counts
+    are corrected (not added to); the manifest is written again when the retry finishes.
+    """
+    record = client.jobs.get(job)
+    results, model = record.fields["results"], record.fields["model"]
+    generation = client.jobs.start_retry(job)
+    resubmitted = 0
+    for chunk in range(int(record.fields["chunks"])):
+        try:
+            data = client.storage.read(part_uri(results, job, chunk))
+        except NotFoundError:
+            logger.warning("job %s: part %d was never written; resubmit the job with the same "
+                           "arguments to resume it", job, chunk)
+            continue
+        failed = [line["uri"] for line in result_lines.decode(data) if not line["ok"]]
+        if failed:
+            client.jobs.mark_sent(job, chunk, generation, len(failed))
+            client.send(ChunkMessage(job, chunk, failed, model, results, generation))
+            resubmitted += len(failed)
+    _end_submit(client, job)
+    return resubmitted

@@ -1,0 +1,47 @@
+"""The Celery app factory: the producer and the worker build their app from the same settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK, TRAIN_QUEUE
+from shared.settings import Settings
+
+
+def make_app(settings: Settings, name: str = "rstream") -> Celery:
+    """A Celery app on ``settings.redis_url`` with rstream's delivery guarantees.
+
+    JSON only (a pickle message is refused, never executed); late acks with reject on worker
+    loss, so a chunk whose worker dies goes back to the queue; prefetch of one, so a busy
+    worker does not hoard chunks; a visibility timeout longer than the task time limit (the
+    settings refuse anything else), so Redis does not redeliver a chunk that is still running.
+    """
+    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 10),
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_default_queue=INFER_QUEUE,
+        task_queues=(Queue(INFER_QUEUE), Queue(TRAIN_QUEUE)),
+        task_routes={INFER_TASK: {"queue": INFER_QUEUE}, FINETUNE_TASK: {"queue": TRAIN_QUEUE}},
+        worker_hijack_root_logger=True,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that kombu keeps a queue in (one per priority step)."""
+    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]

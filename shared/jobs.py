@@ -1,0 +1,232 @@
+"""Job records in Redis: progress counted exactly once per chunk, whatever is redelivered.
+
+A job is a hash plus three side hashes keyed by ``chunk:generation`` or ``chunk``:
+
+- ``sent``: a chunk is counted into ``outstanding`` (and the job's totals) the first time it is
+  sent, never again, so resubmitting a job resumes it instead of counting it twice;
+- ``done``: a chunk leaves ``outstanding`` the first time its part is written; a redelivered
+  chunk rewrites the same part and is not counted again;
+- ``counts``: each chunk's latest ok/failed/model counts; the job's ``ok`` and ``failed`` move by
+  the difference, so a retry that replaces lines corrects them instead of adding to them.
+
+The job is done when nothing is outstanding and the producer has finished sending; the one
+caller (worker or producer) whose atomic update makes it so is told to write the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from shared.constants import (
+    JOB_COUNTS_KEY,
+    JOB_DONE_KEY,
+    JOB_KEY,
+    JOB_SENT_KEY,
+    JOBS_INDEX_KEY,
+)
+from shared.errors import ConfigError, NotFoundError, PermanentError
+
+JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
+
+_MARK_SENT = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'outstanding', 1)
+if ARGV[3] == '0' then
+  redis.call('HINCRBY', KEYS[1], 'chunks', 1)
+  redis.call('HINCRBY', KEYS[1], 'images', ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4]); redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+_COMPLETE = """
+local first = redis.call('HSETNX', KEYS[2], ARGV[1], 1)
+if first == 1 then redis.call('HINCRBY', KEYS[1], 'outstanding', -1) end
+local new = cjson.decode(ARGV[3])
+local ok, failed = new['ok'], new['failed']
+local old = redis.call('HGET', KEYS[3], ARGV[2])
+if old then
+  old = cjson.decode(old)
+  ok = ok - old['ok']; failed = failed - old['failed']
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'ok', ok)
+redis.call('HINCRBY', KEYS[1], 'failed', failed)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+if first == 1 and tonumber(redis.call('HGET', KEYS[1], 'outstanding')) <= 0
+   and redis.call('HGET', KEYS[1], 'submitting') == '0'
+   and redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+_END_SUBMIT = """
+redis.call('HSET', KEYS[1], 'submitting', '0', 'updated_at', ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'outstanding')) <= 0
+   and redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_INT_FIELDS = ("outstanding", "chunks", "images", "ok", "failed", "generation", "submitting",
+               "chunk_size")
+_FLOAT_FIELDS = ("created_at", "updated_at", "finished_at")
+
+
+def new_job_id() -> str:
+    """A fresh job id that sorts by time: ``job-20261127-194512-3f2a``."""
+    return datetime.now(UTC).strftime("job-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def check_job_id(job: str) -> str:
+    if not JOB_RE.match(job):
+        raise ConfigError(f"job id {job!r} is invalid: use letters, digits, '.', '_' or '-' "
+                          "(at most 128, starting with a letter or digit)")
+    return job
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of a job record."""
+
+    id: str
+    fields: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def processed(self) -> int:
+        return int(self.fields.get("ok", 0)) + int(self.fields.get("failed", 0))
+
+    @property
+    def finished(self) -> bool:
+        return self.fields.get("status") in (DONE, CANCELLED)
+
+
+class JobStore:
+    """Reads and updates job records; every update is one atomic Redis call."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self._mark_sent = client.register_script(_MARK_SENT)
+        self._complete = client.register_script(_COMPLETE)
+        self._end_submit = client.register_script(_END_SUBMIT)
+
+    @classmethod
+    def from_url(cls, url: str, ttl: int) -> JobStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5), ttl)
+
+    def _keys(self, job: str) -> list[str]:
+        return [k.format(job=job) for k in (JOB_KEY, JOB_SENT_KEY, JOB_DONE_KEY, JOB_COUNTS_KEY)]
+
+    def create_or_resume(self, job: str, *, model: str, results: str, source: str,
+                         chunk_size: int) -> bool:
+        """Create the record, or resume one made by the same submission; True when new."""
+        key = JOB_KEY.format(job=check_job_id(job))
+        now = str(time.time())
+        fields = {"status": RUNNING, "model": model, "results": results, "source": source,
+                  "chunk_size": chunk_size, "created_at": now, "updated_at": now,
+                  "outstanding": 0, "chunks": 0, "images": 0, "ok": 0, "failed": 0,
+                  "generation": 0, "submitting": 1}
+        if self.redis.hsetnx(key, "source", source):
+            self.redis.hset(key, mapping=fields)
+            self.redis.expire(key, self.ttl)
+            self.redis.zadd(JOBS_INDEX_KEY, {job: float(now)})
+            return True
+        existing = self.get(job)
+        same = (existing.source, existing.model, existing.results, existing.chunk_size) == (
+            source, model, results, chunk_size)
+        if not same:
+            raise PermanentError(
+                f"job {job} already exists with another source, model, output or chunk size: "
+                "choose another --job name, or resubmit exactly the same one to resume it")
+        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now})
+        return False
+
+    def get(self, job: str) -> Job:
+        raw = self.redis.hgetall(JOB_KEY.format(job=job))
+        if not raw:
+            raise NotFoundError(f"job {job} not found (unknown, or expired after "
+                                "RSTREAM_JOB_TTL): list recent jobs with `rstream jobs`")
+        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        for name in _INT_FIELDS:
+            if name in fields:
+                fields[name] = int(fields[name])
+        for name in _FLOAT_FIELDS:
+            if name in fields:
+                fields[name] = float(fields[name])
+        return Job(job, fields)
+
+    def mark_sent(self, job: str, chunk: int, generation: int, images: int) -> bool:
+        """Count a chunk as sent; False when it was counted before (resume or duplicate)."""
+        keys = self._keys(job)[:2]
+        return bool(self._mark_sent(keys, [f"{chunk}:{generation}", images, generation, self.ttl]))
+
+    def is_done(self, job: str, chunk: int, generation: int) -> bool:
+        return bool(self.redis.hexists(JOB_DONE_KEY.format(job=job), f"{chunk}:{generation}"))
+
+    def complete(self, job: str, chunk: int, generation: int, counts: dict[str, Any]) -> bool:
+        """Record a written part; True for the one caller who must now write the manifest."""
+        key, _, done, counts_key = self._keys(job)
+        args = [f"{chunk}:{generation}", chunk, json.dumps(counts), time.time(), self.ttl]
+        return bool(self._complete([key, done, counts_key], args))
+
+    def end_submit(self, job: str) -> bool:
+        """The producer has sent every chunk; True when that finished the job (all done)."""
+        return bool(self._end_submit([JOB_KEY.format(job=job)], [time.time()]))
+
+    def cancel(self, job: str) -> Job:
+        current = self.get(job)
+        if current.status == RUNNING:
+            self.redis.hset(JOB_KEY.format(job=job),
+                            mapping={"status": CANCELLED, "finished_at": time.time()})
+        return self.get(job)
+
+    def start_retry(self, job: str) -> int:
+        """Reopen a finished job for a retry; returns the new generation."""
+        current = self.get(job)
+        if current.status == RUNNING:
+            raise PermanentError(f"job {job} is still running: wait for it before a retry")
+        key = JOB_KEY.format(job=job)
+        generation = int(self.redis.hincrby(key, "generation", 1))
+        self.redis.hset(key, mapping={"status": RUNNING, "submitting": 1,
+                                      "updated_at": time.time()})
+        self.redis.hdel(key, "finished_at")
+        return generation
+
+    def chunk_counts(self, job: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Each chunk's latest counts, in no particular order."""
+        for chunk, raw in self.redis.hscan_iter(JOB_COUNTS_KEY.format(job=job), count=1000):
+            yield int(chunk), json.loads(raw)
+
+    def recent(self, limit: int = 20) -> list[Job]:
+        """The newest jobs first; expired ones are dropped from the index."""
+        found = []
+        for raw in self.redis.zrevrange(JOBS_INDEX_KEY, 0, limit * 2):
+            job = raw.decode()
+            try:
+                found.append(self.get(job))
+            except NotFoundError:
+                self.redis.zrem(JOBS_INDEX_KEY, job)
+        return found[:limit]

@@ -1,0 +1,73 @@
+"""One chunk of a job, end to end: score its images, write its part, record it, finish the job.
+
+Plain functions: the Celery task in worker/tasks.py only parses the message and calls
+:func:`run_chunk`. Every step is idempotent: a redelivered chunk rewrites the same part (its
+key comes from the job and the chunk index) and is counted once (see shared/jobs.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shared import results as result_lines
+from shared.errors import NotFoundError
+from shared.jobs import CANCELLED, JobStore
+from shared.manifest import part_uri, write_manifest
+from shared.messages import ChunkMessage
+from shared.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    def score(self, uris: list[str], model_ref: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class ChunkContext:
+    """What a chunk needs from its worker process."""
+
+    engine: Scorer
+    storage: Storage
+    jobs: JobStore
+
+
+def run_chunk(message: ChunkMessage, ctx: ChunkContext) -> dict[str, Any]:
+    """Score, write, record; returns a small summary for the task result and the logs."""
+    job = ctx.jobs.get(message.job)
+    if job.fields["status"] == CANCELLED:
+        return {"chunk": message.chunk, "skipped": "job cancelled"}
+    if ctx.jobs.is_done(message.job, message.chunk, message.generation):
+        return {"chunk": message.chunk, "skipped": "already done"}  # a redelivered duplicate
+    lines = ctx.engine.score(message.uris, message.model)
+    assert len(lines) == len(message.uris), "one result line per URI"
+    uri = part_uri(message.results, message.job, message.chunk)
+    if message.generation > 0:
+        lines = _replace_lines(ctx.storage.read(uri), lines)
+    ctx.storage.write(uri, result_lines.encode(lines))
+    counts = count_lines(lines)
+    if ctx.jobs.complete(message.job, message.chunk, message.generation, counts):
+        manifest = write_manifest(ctx.storage, ctx.jobs, message.job)
+        logger.info("job %s done: %d ok, %d failed", message.job, manifest["ok"],
+                    manifest["failed"])
+    return {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"]}
+
+
+def count_lines(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """ok / failed counts and images per model version, as recorded for the chunk."""
+    ok = sum(1 for line in lines if line["ok"])
+    models = Counter(str(line["model"]) for line in lines if line["ok"])
+    return {"ok": ok, "failed": len(lines) - ok, "models": dict(models)}
+
+
+def _replace_lines(existing: bytes, retried: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The part's lines with the retried URIs' lines replaced in place."""
+    new = {line["uri"]: line for line in retried}
+    merged = [new.get(line["uri"], line) for line in result_lines.decode(existing)]
+    missing = set(new) - {line["uri"] for line in merged}
+    if missing:
+        raise NotFoundError(f"retried URIs are not in the part: {sorted(missing)[:3]}")
+    return merged

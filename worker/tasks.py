@@ -1,0 +1,74 @@
+"""Thin Celery tasks: parse the message, call plain functions, report."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.signals import worker_shutdown
+
+from shared.constants import INFER_TASK
+from shared.errors import TransientError
+from shared.jobs import JobStore
+from shared.messages import ChunkMessage
+from shared.registry import Registry
+from shared.settings import Settings
+from shared.storage import Storage
+from worker.chunks import ChunkContext, run_chunk
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError)
+
+
+class ProcessState:
+    """The one engine of this worker process, built on first use, in this process.
+
+    Building it lazily keeps torch, CUDA and the model out of any parent process that forks
+    and out of module import.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._context: ChunkContext | None = None
+
+    def context(self) -> ChunkContext:
+        with self._lock:
+            if self._context is None:
+                from worker.engine import Engine
+
+                storage = Storage(self.settings)
+                registry = Registry(storage, self.settings.models)
+                engine = Engine(self.settings, storage, registry)
+                jobs = JobStore.from_url(self.settings.redis_url, self.settings.job_ttl)
+                self._context = ChunkContext(engine, storage, jobs)
+            return self._context
+
+    def close(self) -> None:
+        with self._lock:
+            if self._context is not None:
+                self._context.engine.close()  # type: ignore[attr-defined]
+                self._context = None
+
+
+def register(app: Celery, settings: Settings) -> ProcessState:
+    """Add rstream's tasks to ``app``; returns the process state they share."""
+    state = ProcessState(settings)
+
+    @app.task(name=INFER_TASK, bind=True, autoretry_for=RETRYABLE, retry_backoff=2,
+              retry_backoff_max=60, retry_jitter=True, max_retries=settings.task_max_retries)
+    def infer_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+        chunk = ChunkMessage.from_dict(message)
+        summary = run_chunk(chunk, state.context())
+        logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk, summary)
+        return summary
+
+    @worker_shutdown.connect(weak=False)
+    def _close(**_: Any) -> None:
+        state.close()
+
+    return state
