@@ -1,0 +1,88 @@
+"""Image sets for pipeline tests: real photos in mixed sizes and formats, plus bad files."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+from skimage import data as skdata
+
+from shared.storage import Storage, join
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left")
+
+
+def _photos() -> list[Image.Image]:
+    out = []
+    for name in PHOTOS:
+        array = getattr(skdata, name)()
+        out.append(Image.fromarray(np.asarray(array)).convert("RGB"))
+    return out
+
+
+def good_images(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``count`` (name, bytes) pairs: random crops of real photos, 48 to 400 px, JPEG or PNG."""
+    rng = random.Random(seed)
+    photos = _photos()
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = rng.randint(w // 3, w), rng.randint(h // 3, h)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = photo.crop((x, y, x + cw, y + ch))
+        scale = rng.randint(48, 400) / max(cw, ch)
+        crop = crop.resize((max(8, int(cw * scale)), max(8, int(ch * scale))))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buf = io.BytesIO()
+        fmt = "JPEG" if i % 4 else "PNG"
+        crop.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+        out.append((f"img-{i:04d}.{fmt.lower().replace('jpeg', 'jpg')}", buf.getvalue()))
+    return out
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` but holds almost no data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def bad_images() -> list[tuple[str, bytes]]:
+    """Ten files that must each give an error line, of different kinds."""
+    jpeg = io.BytesIO()
+    Image.new("RGB", (120, 90), (200, 10, 10)).save(jpeg, "JPEG")
+    full = jpeg.getvalue()
+    tiff = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(tiff, "TIFF")
+    return [
+        ("bad-empty.jpg", b""),
+        ("bad-truncated.jpg", full[: len(full) // 3]),
+        ("bad-corrupt.jpg", full[:20] + bytes(range(256)) * 4),
+        ("bad-text.jpg", b"this is not an image, it is a sentence.\n" * 10),
+        ("bad-eps.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"),
+        ("bad-pdf.pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"),
+        ("bad-bomb.png", _png_header_only(100_000, 100_000)),
+        ("bad-tiff.tif", tiff.getvalue()),
+        ("bad-html.png", b"<html><body>404 Not Found</body></html>"),
+        ("bad-zeros.png", b"\x00" * 2048),
+    ]
+
+
+def write_dataset(storage: Storage, prefix: str, good: int = 190, seed: int = 0) -> list[str]:
+    """Write ``good`` photos and the ten bad files under ``prefix``; returns every URI."""
+    uris = []
+    for name, blob in good_images(good, seed) + bad_images():
+        uri = join(prefix, name)
+        storage.write(uri, blob)
+        uris.append(uri)
+    return sorted(uris)

@@ -1,0 +1,108 @@
+"""Job records on a real Redis: each chunk counted once, whatever is redelivered or retried."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from shared.errors import PermanentError
+from shared.jobs import CANCELLED, DONE, RUNNING, JobStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_server: str) -> JobStore:
+    return JobStore.from_url(redis_server, ttl=600)
+
+
+def new_job(store: JobStore, **overrides: object) -> str:
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    args = {"model": "m", "results": "results", "source": "images/", "chunk_size": 4}
+    args.update(overrides)
+    assert store.create_or_resume(job, **args)  # type: ignore[arg-type]
+    return job
+
+
+def counts(ok: int, failed: int) -> dict[str, object]:
+    return {"ok": ok, "failed": failed, "models": {"m@1": ok}}
+
+
+def test_redelivered_chunk_is_counted_once_and_finishes_the_job_once(store: JobStore) -> None:
+    job = new_job(store)
+    for chunk in range(2):
+        assert store.mark_sent(job, chunk, 0, 4)
+    assert not store.mark_sent(job, 1, 0, 4), "a second send of the same chunk is not counted"
+    assert not store.end_submit(job)
+    assert not store.complete(job, 0, 0, counts(4, 0))
+    assert not store.complete(job, 0, 0, counts(4, 0)), "a redelivery does not count again"
+    assert store.complete(job, 1, 0, counts(3, 1)), "the last chunk finishes the job"
+    assert not store.complete(job, 1, 0, counts(3, 1)), "only one caller writes the manifest"
+    record = store.get(job)
+    assert record.fields["status"] == DONE
+    assert (record.ok, record.failed, record.images, record.chunks) == (7, 1, 8, 2)
+
+
+def test_job_done_before_submission_ends_is_finished_by_end_submit(store: JobStore) -> None:
+    job = new_job(store)
+    store.mark_sent(job, 0, 0, 4)
+    assert not store.complete(job, 0, 0, counts(4, 0)), "the producer is still sending"
+    assert store.get(job).fields["status"] == RUNNING
+    assert store.end_submit(job)
+    assert store.get(job).fields["status"] == DONE
+
+
+def test_retry_replaces_counts_instead_of_adding(store: JobStore) -> None:
+    job = new_job(store)
+    store.mark_sent(job, 0, 0, 4)
+    store.end_submit(job)
+    store.complete(job, 0, 0, counts(2, 2))
+    generation = store.start_retry(job)
+    assert generation == 1
+    assert store.mark_sent(job, 0, generation, 2)
+    store.end_submit(job)
+    assert store.get(job).fields["status"] == RUNNING
+    assert store.complete(job, 0, generation, counts(3, 1))
+    record = store.get(job)
+    assert (record.ok, record.failed, record.images) == (3, 1, 4)
+    assert record.fields["status"] == DONE
+
+
+def test_concurrent_completions_elect_exactly_one_manifest_writer(store: JobStore) -> None:
+    job = new_job(store)
+    chunks = 40
+    for chunk in range(chunks):
+        store.mark_sent(job, chunk, 0, 1)
+    store.end_submit(job)
+    winners: list[int] = []
+
+    def complete(chunk: int) -> None:
+        for _ in range(2):  # each chunk delivered twice
+            if store.complete(job, chunk, 0, counts(1, 0)):
+                winners.append(chunk)
+
+    threads = [threading.Thread(target=complete, args=(c,)) for c in range(chunks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert store.get(job).ok == chunks
+
+
+def test_resubmitting_with_another_source_is_refused(store: JobStore) -> None:
+    job = new_job(store)
+    assert not store.create_or_resume(job, model="m", results="results", source="images/",
+                                      chunk_size=4), "same arguments resume"
+    with pytest.raises(PermanentError, match="choose another --job"):
+        store.create_or_resume(job, model="m", results="results", source="other/",
+                               chunk_size=4)
+
+
+def test_cancel_and_retry_of_running_job(store: JobStore) -> None:
+    job = new_job(store)
+    with pytest.raises(PermanentError, match="still running"):
+        store.start_retry(job)
+    assert store.cancel(job).fields["status"] == CANCELLED

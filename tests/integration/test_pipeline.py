@@ -1,0 +1,276 @@
+"""The whole pipeline with real parts: redis-server, moto's S3 server, celery worker processes.
+
+A small registry model (resnet18, 10 classes, 64 px input) keeps the forward pass cheap; the
+pipeline under test is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from kombu import Connection
+from kombu import Producer as KombuProducer
+
+from producer import monitor
+from producer.cli import main as cli_main
+from producer.submit import Client, retry, submit
+from shared.celery_app import queue_keys
+from shared.constants import INFER_QUEUE, INFER_TASK
+from shared.jobs import CANCELLED, DONE
+from shared.manifest import manifest_uri
+from shared.registry import Registry
+from shared.settings import Settings
+from shared.storage import Storage, join
+from tests.conftest import make_settings
+from tests.integration.pipeline_data import good_images, write_dataset
+from tests.integration.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 240.0
+
+
+def save_tiny_model(settings: Settings) -> str:
+    from worker.models import load_model, save_model
+    from worker.preprocess import Preprocessing
+
+    loaded = load_model("random:resnet18:classes=10:seed=1")
+    registry = Registry(Storage(settings), settings.models)
+    version = save_model(registry, "tiny", loaded.module, arch="resnet18",
+                         classes=[f"digit-{i}" for i in range(10)],
+                         preprocessing=Preprocessing(resize=72, crop=64))
+    return f"tiny@{version}"
+
+
+def pipeline_settings(redis_url: str, root: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "redis_url": redis_url, "storage_root": str(root), "chunk_size": 16, "max_batch": 32,
+        "max_delay_ms": 20.0, "decode_threads": 4, "concurrency": 2, "device": "cpu",
+        "task_time_limit": 60, "visibility_timeout": 120, "max_pending_chunks": 0,
+        "reload_interval": 1.0}
+    base.update(overrides)
+    return make_settings(**base)
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_server: str) -> str:
+    name = f"pipeline-{uuid.uuid4().hex[:12]}"
+    boto3.session.Session().client("s3", endpoint_url=moto_server,
+                                   region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: str, moto_server: str, bucket: str,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
+    """Settings, a tiny model in the registry, and one running worker for the module."""
+    root = tmp_path_factory.mktemp("root")
+    settings = pipeline_settings(redis_server, root, s3_endpoint_url=moto_server,
+                                 allowed_buckets=(bucket,), s3_max_attempts=3)
+    model = save_tiny_model(settings)
+    worker = WorkerProcess(settings, root.parent / "worker.log", "pipeline").wait_ready()
+    yield settings, model
+    worker.stop()
+
+
+def run_job(client: Client, source: str, model: str, job: str | None = None) -> str:
+    job = submit(source, job=job, model=model, client=client)
+    monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=WAIT_S)
+    return job
+
+
+def assert_one_line_per_uri(client: Client, job: str, uris: list[str]) -> list[dict[str, Any]]:
+    lines = list(monitor.results(client.jobs, client.storage, job))
+    seen = Counter(line["uri"] for line in lines)
+    assert sorted(seen) == sorted(uris), "every URI has a line and no other line exists"
+    assert max(seen.values()) == 1, f"reported twice: {[u for u, n in seen.items() if n > 1]}"
+    return lines
+
+
+def check_job(client: Client, job: str, uris: list[str], model: str) -> list[dict[str, Any]]:
+    lines = assert_one_line_per_uri(client, job, uris)
+    failed = [line for line in lines if not line["ok"]]
+    assert sorted(line["uri"].rsplit("/", 1)[1] for line in failed) == sorted(
+        u.rsplit("/", 1)[1] for u in uris if "/bad-" in u)
+    assert all(line["error"]["message"] for line in failed), "each error says why"
+    assert {line["model"] for line in lines if line["ok"]} == {model}
+    record = client.jobs.get(job)
+    assert record.fields["status"] == DONE
+    assert (record.ok, record.failed, record.images) == (len(uris) - 10, 10, len(uris))
+    manifest = json.loads(client.storage.read(manifest_uri(record.fields["results"], job)))
+    assert (manifest["images"], manifest["ok"], manifest["failed"]) == (len(uris),
+                                                                        len(uris) - 10, 10)
+    assert manifest["models"] == {model: len(uris) - 10}
+    assert manifest["chunks"] == -(-len(uris) // 16)
+    return lines
+
+
+def score_in_process(settings: Settings, source: str, model: str, out: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["score", source, "--model", model, "--out", str(out)]) == 0
+    return {line["uri"]: line for line in map(json.loads, out.read_text().splitlines())}
+
+
+def assert_same_predictions(lines: list[dict[str, Any]], expected: dict[str, dict[str, Any]]
+                            ) -> None:
+    for line in lines:
+        ref = expected[line["uri"]]
+        assert line["ok"] == ref["ok"], line["uri"]
+        if line["ok"]:
+            assert [t["index"] for t in line["top"]] == [t["index"] for t in ref["top"]]
+            for got, want in zip(line["top"], ref["top"], strict=True):
+                assert abs(got["prob"] - want["prob"]) < 1e-4
+
+
+def test_job_over_local_storage_matches_rstream_score(
+        env: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings, model = env
+    client = Client(settings)
+    uris = write_dataset(client.storage, f"local-{uuid.uuid4().hex[:6]}/images")
+    job = run_job(client, uris[0].rsplit("/", 1)[0] + "/", model)
+    lines = check_job(client, job, uris, model)
+    expected = score_in_process(settings, uris[0].rsplit("/", 1)[0] + "/", model,
+                                tmp_path / "score.jsonl", monkeypatch)
+    assert_same_predictions(lines, expected)
+
+
+def test_job_over_s3_matches_rstream_score(
+        env: tuple[Settings, str], bucket: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    settings, model = env
+    results = f"s3://{bucket}/results"
+    s3 = Settings.from_env({}, **{**vars_of(settings), "results": results})
+    client = Client(s3)
+    prefix = f"s3://{bucket}/images-{uuid.uuid4().hex[:6]}/"
+    uris = write_dataset(client.storage, prefix)
+    job = run_job(client, prefix, model)
+    assert client.storage.exists(join(results, job, "part-000000.jsonl"))
+    lines = check_job(client, job, uris, model)
+    expected = score_in_process(s3, prefix, model, tmp_path / "score.jsonl", monkeypatch)
+    assert_same_predictions(lines, expected)
+
+
+def vars_of(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+def test_pickle_message_is_refused_and_worker_keeps_serving(
+        env: tuple[Settings, str], tmp_path: Path) -> None:
+    settings, model = env
+    marker = tmp_path / "pickle-was-executed"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (marker,))
+
+    with Connection(settings.redis_url) as conn:
+        KombuProducer(conn.channel(), serializer="pickle").publish(
+            ((Exploit(),), {}, {}), routing_key=INFER_QUEUE,
+            headers={"task": INFER_TASK, "id": str(uuid.uuid4())})
+    client = Client(settings)
+    photo_uris = []
+    for name, blob in good_images(3, seed=7):
+        uri = f"after-pickle/{name}"
+        client.storage.write(uri, blob)
+        photo_uris.append(uri)
+    job = run_job(client, "after-pickle/", model)
+    assert client.jobs.get(job).ok == 3, "the worker still serves after the pickle message"
+    assert not marker.exists(), "the pickle payload was never unpickled"
+
+
+def test_resubmitting_the_same_job_does_not_double_count(env: tuple[Settings, str]) -> None:
+    settings, model = env
+    client = Client(settings)
+    prefix = f"twice-{uuid.uuid4().hex[:6]}/"
+    uris = []
+    for name, blob in good_images(40, seed=3):
+        client.storage.write(prefix + name, blob)
+        uris.append(prefix + name)
+    job = f"twice-{uuid.uuid4().hex[:6]}"
+    submit(prefix, job=job, model=model, client=client)
+    submit(prefix, job=job, model=model, client=client)  # at once: chunks may still be queued
+    monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=WAIT_S)
+    run_job(client, prefix, model, job=job)  # and again after it is done
+    assert_one_line_per_uri(client, job, uris)
+    record = client.jobs.get(job)
+    assert (record.ok, record.failed, record.images, record.chunks) == (40, 0, 40, 3)
+
+
+def test_retry_replaces_failed_lines_and_corrects_counts(env: tuple[Settings, str]) -> None:
+    settings, model = env
+    client = Client(settings)
+    prefix = f"retry-{uuid.uuid4().hex[:6]}/"
+    uris = write_dataset(client.storage, prefix, good=20)
+    job = run_job(client, prefix, model)
+    assert client.jobs.get(job).failed == 10
+    fixed = prefix + "bad-empty.jpg"
+    client.storage.write(fixed, good_images(1, seed=9)[0][1])  # the user fixes one file
+    assert retry(job, client=client) == 10
+    monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=WAIT_S)
+    lines = assert_one_line_per_uri(client, job, uris)
+    assert next(line for line in lines if line["uri"] == fixed)["ok"]
+    record = client.jobs.get(job)
+    assert (record.ok, record.failed, record.images) == (21, 9, 30)
+    manifest = json.loads(client.storage.read(manifest_uri(settings.results, job)))
+    assert (manifest["ok"], manifest["failed"], manifest["generation"]) == (21, 9, 1)
+
+
+def queued(settings: Settings) -> int:
+    client = Client(settings)
+    return sum(client.jobs.redis.llen(k) for k in queue_keys(INFER_QUEUE))
+
+
+def test_backpressure_keeps_the_queue_at_the_limit(redis_server: str, tmp_path: Path) -> None:
+    # Database 3: no worker consumes it.
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/3", tmp_path,
+                                 max_pending_chunks=3, chunk_size=1)
+    client = Client(settings)
+    client.jobs.redis.flushdb()
+    uris = [f"missing/{i}.jpg" for i in range(20)]
+    done = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (submit(uris, model="random:resnet18", client=client), done.set()))
+    thread.start()
+    peak = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        peak = max(peak, queued(settings))
+    assert peak == 3
+    assert not done.is_set(), "the producer waits while the queue is full"
+    while not done.wait(0.01):  # play the worker: take one message at a time
+        client.jobs.redis.rpop(INFER_QUEUE)
+        peak = max(peak, queued(settings))
+    thread.join()
+    assert peak <= 3
+
+
+def test_cancel_skips_queued_chunks(redis_server: str, tmp_path: Path) -> None:
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/4", tmp_path)
+    client = Client(settings)
+    client.jobs.redis.flushdb()
+    for name, blob in good_images(48, seed=5):
+        client.storage.write(f"cancel/{name}", blob)
+    job = submit("cancel/", model=save_tiny_model(settings), client=client)
+    assert client.jobs.cancel(job).fields["status"] == CANCELLED
+    worker = WorkerProcess(settings, tmp_path / "worker.log", "cancel").wait_ready()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while queued(settings) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        worker.stop()
+    assert not list(client.storage.list(join(settings.results, job) + "/"))
+    assert "job cancelled" in worker.log()
+    assert client.jobs.get(job).processed == 0
