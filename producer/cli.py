@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from shared.errors import RstreamError
+from shared.errors import ConfigError, RstreamError
 from shared.logs import configure
 from shared.settings import Settings, markdown_table
 
@@ -26,6 +26,21 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import score_command
 
     return score_command(args, settings)
+
+
+def _samples(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.samples import write_samples
+    from shared.storage import Storage
+
+    size = None
+    if args.size:
+        width, _, height = args.size.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise ConfigError(f"--size {args.size!r} is invalid: use WIDTHxHEIGHT, e.g. 500x375")
+        size = (int(width), int(height))
+    uris = write_samples(Storage(settings), args.prefix, args.count, size, args.seed)
+    print(f"wrote {len(uris)} sample images under {args.prefix}")
+    return 0
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_score)
 
     _add_job_commands(commands)
+
+    p = commands.add_parser("samples", help="write sample images made from shipped photos")
+    p.add_argument("prefix", help="where to write them: a path under the root or s3://bucket/prefix")
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--size", help="WIDTHxHEIGHT (default: mixed sizes 48-400 px)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_samples)
 
     p = commands.add_parser("worker", help="start inference workers: one process per GPU")
     p.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: every GPU nvidia-smi lists)")

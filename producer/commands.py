@@ -47,7 +47,7 @@ def wait_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _wait(client: Client, job: str, strict: bool) -> int:
-    final = monitor.wait(client.jobs, client.storage, job, show_progress=sys.stderr.isatty())
+    final = monitor.wait(client.jobs, client.storage, job, show_progress=True)
     fields = final.fields
     print(f"job {job}: {fields['status']}, {fields['ok']} ok, {fields['failed']} failed",
           file=sys.stderr)

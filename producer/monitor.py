@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
     then), the manifest is written here, so a finished job always has one.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with tqdm(total=0, unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
+    # Off a terminal (CI logs, files) the bar prints a line every 10 s instead of redrawing.
+    interval = 0.2 if sys.stderr.isatty() else 10.0
+    with tqdm(total=0, unit="img", disable=not show_progress, dynamic_ncols=True,
+              mininterval=interval) as bar:
         while True:
             job = store.get(job_id)
             bar.total = max(int(job.fields.get("images", 0)), job.processed)

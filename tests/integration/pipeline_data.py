@@ -3,47 +3,18 @@
 from __future__ import annotations
 
 import io
-import random
 import struct
 import zlib
 
-import numpy as np
 from PIL import Image
-from skimage import data as skdata
 
+from shared.samples import variants
 from shared.storage import Storage, join
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left")
-
-
-def _photos() -> list[Image.Image]:
-    out = []
-    for name in PHOTOS:
-        array = getattr(skdata, name)()
-        out.append(Image.fromarray(np.asarray(array)).convert("RGB"))
-    return out
 
 
 def good_images(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
-    """``count`` (name, bytes) pairs: random crops of real photos, 48 to 400 px, JPEG or PNG."""
-    rng = random.Random(seed)
-    photos = _photos()
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = rng.randint(w // 3, w), rng.randint(h // 3, h)
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = photo.crop((x, y, x + cw, y + ch))
-        scale = rng.randint(48, 400) / max(cw, ch)
-        crop = crop.resize((max(8, int(cw * scale)), max(8, int(ch * scale))))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        buf = io.BytesIO()
-        fmt = "JPEG" if i % 4 else "PNG"
-        crop.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-        out.append((f"img-{i:04d}.{fmt.lower().replace('jpeg', 'jpg')}", buf.getvalue()))
-    return out
+    """``count`` (name, bytes) pairs: crops of real photos, 48 to 400 px, JPEG or PNG."""
+    return list(variants(count, seed=seed))
 
 
 def _png_header_only(width: int, height: int) -> bytes:

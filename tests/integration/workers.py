@@ -18,7 +18,7 @@ READY_TIMEOUT_S = 90.0
 class WorkerProcess:
     """One ``celery -A worker.app worker`` process with its log in a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, name: str, queue: str = "infer",
+    def __init__(self, settings: Settings, log_path: Path, name: str, *, queue: str = "infer",
                  concurrency: int = 2, extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
         env.update(settings.as_env())
