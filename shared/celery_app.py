@@ -29,7 +29,17 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 10),
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for chunks of dead workers every few seconds (kombu's default scans about
+            # every 100 s), so a redelivery follows the visibility timeout closely.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+            # A Redis that vanishes without closing the socket must not hang a publish.
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+        },
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=INFER_QUEUE,

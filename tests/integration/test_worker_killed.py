@@ -1,0 +1,49 @@
+"""A worker SIGKILLed mid-job: another worker finishes it, one line per URI, none twice."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from producer import monitor
+from producer.submit import Client, submit
+from shared.samples import write_samples
+from shared.storage import join
+from tests.integration.test_pipeline import pipeline_settings
+from tests.integration.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_killed_worker_loses_no_image_and_reports_none_twice(
+        redis_server: str, tmp_path: Path) -> None:
+    # Database 2 and a short visibility timeout: the dead worker's chunks come back in seconds.
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/2", tmp_path / "root",
+                                 chunk_size=8, task_time_limit=10, visibility_timeout=12,
+                                 max_batch=8)
+    client = Client(settings)
+    client.jobs.redis.flushdb()
+    uris = write_samples(client.storage, "photos/", 120, seed=11)
+    first = WorkerProcess(settings, tmp_path / "first.log", "first").wait_ready()
+    job = submit("photos/", model="random:resnet18:classes=10", client=client)
+    parts = join(settings.results, job) + "/"
+    deadline = time.monotonic() + 120
+    while not any(True for _ in client.storage.list(parts)):
+        assert time.monotonic() < deadline, first.log()[-3000:]
+        time.sleep(0.05)
+    first.kill()
+    assert client.jobs.get(job).fields["status"] == "running", "killed before the job ended"
+    second = WorkerProcess(settings, tmp_path / "second.log", "second").wait_ready()
+    try:
+        monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=180)
+    finally:
+        second.stop()
+    lines = list(monitor.results(client.jobs, client.storage, job))
+    seen = Counter(line["uri"] for line in lines)
+    assert sorted(seen) == sorted(uris)
+    assert set(seen.values()) == {1}
+    record = client.jobs.get(job)
+    assert (record.ok, record.failed, record.images) == (120, 0, 120)
