@@ -43,7 +43,8 @@ _DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKey
 def make_client(settings: Settings) -> Any:
     """A boto3 S3 client with bounded standard retries and timeouts from ``settings``."""
     config = Config(
-        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        # total_max_attempts counts the first try; botocore's "max_attempts" counts retries only.
+        retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
         max_pool_connections=max(10, settings.decode_threads * settings.concurrency),
@@ -89,7 +90,12 @@ class S3Backend(Backend):
             extra["IfNoneMatch"] = "*"
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if if_match is not None and exc.response.get("Error", {}).get("Code") == "NoSuchKey":
+                # S3 answers 404 when the object to match is gone; for us that is a lost race.
+                raise PreconditionFailed(f"{self.uri(key)}: no longer exists") from exc
+            _raise_mapped(exc, self.uri(key))
+        except BotoCoreError as exc:
             _raise_mapped(exc, self.uri(key))
 
     def stat(self, key: str) -> ObjectInfo:

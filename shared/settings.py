@@ -8,7 +8,9 @@ these docs (``rstream config --markdown``) and a test keeps the two identical.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,9 @@ def _int(low: int, high: int | None = None) -> Parser:
 def _float(low: float) -> Parser:
     def parse(raw: str) -> float:
         value = float(raw)
-        if not value >= low:  # also refuses NaN
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        if value < low:
             raise ValueError(f"below {low}")
         return value
 
@@ -64,8 +68,38 @@ def _bool(raw: str) -> bool:
     raise ValueError("not a boolean")
 
 
-def _str(raw: str) -> str:
-    return raw.strip()
+def _directory(raw: str) -> str:
+    value = raw.strip()
+    if not value or "://" in value:
+        raise ValueError("not a directory path")
+    return value
+
+
+def _location(raw: str) -> str:
+    value = raw.strip()
+    scheme = urlparse(value).scheme
+    if not value:
+        raise ValueError("empty")
+    if scheme == "s3" and not value[len("s3://"):].partition("/")[0]:
+        raise ValueError("no bucket after s3://")
+    if len(scheme) > 1 and scheme not in ("s3", "file"):  # one letter: a Windows drive
+        raise ValueError(f"{scheme}:// is not supported")
+    return value
+
+
+def _region(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise ValueError("not a region name")
+    return value
+
+
+def _model(raw: str) -> str:
+    value = raw.strip()  # the full grammar is checked where models load (worker.models)
+    head, colon, _ = value.partition(":")
+    if any(c.isspace() for c in value) or (colon and head not in ("random", "torchvision")):
+        raise ValueError("not NAME, NAME@VERSION, torchvision:ARCH:WEIGHTS or random:ARCH")
+    return value
 
 
 def _redis_url(raw: str) -> str:
@@ -115,23 +149,24 @@ class Settings:
         _redis_url, "use redis://HOST:PORT/DB")
     storage_root: str = _setting(
         "./rstream-data", "Local storage root; plain paths and file:// URIs resolve inside it.",
-        _str, "use a directory path")
+        _directory, "use a directory path")
     results: str = _setting(
         "results", "Where result parts and manifests go: a path under the root or s3://bucket/prefix.",
-        _str, "use a path or s3://bucket/prefix")
+        _location, "use a path or s3://bucket/prefix")
     models: str = _setting(
         "models", "Model registry location: a path under the root or s3://bucket/prefix.",
-        _str, "use a path or s3://bucket/prefix")
+        _location, "use a path or s3://bucket/prefix")
     train_data: str = _setting(
         "train", "Labelled training images, {train_data}/{class}/*, or a JSONL labels manifest.",
-        _str, "use a path, s3://bucket/prefix or a .jsonl file")
+        _location, "use a path, s3://bucket/prefix or a .jsonl file")
     allowed_buckets: tuple[str, ...] = _setting(
         (), "Comma-separated S3 buckets that may be read or written; empty allows any.",
         _buckets, "use bucket names separated by commas")
     s3_endpoint_url: str = _setting(
         "", "S3 endpoint for MinIO or another S3-compatible server; empty means AWS.",
         _http_url, "use http://HOST:PORT or leave it empty")
-    s3_region: str = _setting("us-east-1", "S3 region.", _str, "use a region name")
+    s3_region: str = _setting(
+        "us-east-1", "S3 region.", _region, "use a region name such as us-east-1")
     s3_max_attempts: int = _setting(
         5, "Attempts per S3 request (botocore standard retry mode), first try included.",
         _int(1, 20), "use an integer from 1 to 20")
@@ -157,7 +192,7 @@ class Settings:
         _choice("auto", "fp32", "fp16", "bf16"), "use auto, fp32, fp16 or bf16")
     model: str = _setting(
         "", "Default model reference: NAME, NAME@VERSION, torchvision:ARCH:WEIGHTS or random:ARCH.",
-        _str, "use a model reference such as random:resnet18")
+        _model, "use a model reference such as random:resnet18")
     topk: int = _setting(
         5, "Classes reported per image.", _int(1, 100), "use an integer from 1 to 100")
     max_image_pixels: int = _setting(
@@ -194,6 +229,11 @@ class Settings:
         "use debug, info, warning or error")
 
     def __post_init__(self) -> None:
+        # Every value passes its parser, from the environment or from code (overrides,
+        # dataclasses.replace), so no path around validation exists.
+        for f in dataclasses.fields(self):
+            raw = _as_text(getattr(self, f.name))
+            object.__setattr__(self, f.name, _parse(f, env_name(f.name), raw))
         if self.visibility_timeout <= self.task_time_limit:
             raise ConfigError(
                 f"RSTREAM_VISIBILITY_TIMEOUT={self.visibility_timeout} must exceed "
@@ -204,13 +244,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); ``overrides`` win over both."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = env_name(f.name)
-            if f.name in overrides:
-                values[f.name] = overrides[f.name]
-            elif name in env:
-                values[f.name] = _parse(f, name, env[name])
+        names = {f.name: env_name(f.name) for f in dataclasses.fields(cls)}
+        # Raw text here; __post_init__ parses it.
+        values: dict[str, Any] = {key: env[name] for key, name in names.items() if name in env}
+        values.update(overrides)  # a misspelt override is a TypeError from the constructor
         unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in _ENV_NAMES)
         if unknown:
             raise ConfigError(
@@ -220,15 +257,19 @@ class Settings:
 
     def as_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings, e.g. for a child process."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[env_name(f.name)] = ",".join(value) if isinstance(value, tuple) else str(value)
-        return out
+        return {env_name(f.name): _as_text(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
 
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
+
+
+def _as_text(value: Any) -> str:
+    """A value as its environment variable spells it."""
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
@@ -245,8 +286,7 @@ def markdown_table() -> str:
     """The README's configuration table, generated from the field docs."""
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
-        default = f.default
-        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        shown = _as_text(f.default)
         shown = f"`{shown}`" if shown else "(empty)"
         lines.append(f"| `{env_name(f.name)}` | {shown} | {f.metadata['doc']} |")
     return "\n".join(lines)

@@ -120,6 +120,8 @@ class LocalBackend(Backend):
     def write(self, key: str, data: bytes, *, if_match: str | None = None,
               if_none_match: bool = False) -> None:
         path = self.path(key)
+        if path == self.root or path.is_dir():
+            raise PermanentError(f"{self.uri(key)}: is a directory: name a file to write")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path(str(path.parent.relative_to(self.root)))  # a symlinked parent may lead out
         if if_match is None and not if_none_match:
@@ -154,11 +156,13 @@ class LocalBackend(Backend):
             raise
 
     def stat(self, key: str) -> ObjectInfo:
-        path = self.path(key)
-        if not path.is_file():
-            raise NotFoundError(f"{self.uri(key)}: no such file")
-        st = path.stat()
-        return ObjectInfo(key, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+        # The ETag is the content's MD5, as read_versioned gives, so that it works in if_match;
+        # a listing gives a cheaper one (mtime and size) that is only good for change detection.
+        data, etag = self.read_versioned(key)
+        return ObjectInfo(key, len(data), etag)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         head, _, _ = prefix.rpartition("/")
@@ -196,26 +200,33 @@ class Storage:
 
     def resolve(self, uri: str) -> tuple[Backend, str]:
         """The backend and key for ``uri``."""
+        # Split by hand, not with urlparse: '?' and '#' are ordinary characters in a key.
+        if uri.startswith("s3://"):
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            return self._s3_backend(bucket, uri), key
+        if uri.startswith("file://"):
+            path = "/" + uri[len("file://"):].partition("/")[2]  # drops the host part
+            return self.local, self._local_key(unquote(path), uri)
         parsed = urlparse(uri)
-        if parsed.scheme == "s3":
-            return self._s3_backend(parsed.netloc, uri), parsed.path.lstrip("/")
-        if parsed.scheme == "file":
-            return self.local, self._local_key(unquote(parsed.path), uri)
         if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
             raise PermanentError(
                 f"{uri}: unsupported scheme {parsed.scheme}://: use s3://, file:// or a path")
         return self.local, self._local_key(uri, uri)
 
     def _local_key(self, path: str, uri: str) -> str:
-        if not os.path.isabs(path):
-            return path
-        root = str(self.local.root)
-        absolute = os.path.normpath(path)
-        if absolute != root and not absolute.startswith(root + os.sep):
-            raise AccessDeniedError(
-                f"{uri}: outside the storage root {root}: use a path inside the root "
-                "or change RSTREAM_STORAGE_ROOT")
-        return os.path.relpath(absolute, root) if absolute != root else ""
+        """The key of a local path, relative to the root; a trailing slash is kept (a prefix)."""
+        trailing_slash = path.endswith("/")
+        if os.path.isabs(path):
+            root = str(self.local.root)
+            absolute = os.path.realpath(path)  # the root is a real path too
+            if absolute != root and not absolute.startswith(root + os.sep):
+                raise AccessDeniedError(
+                    f"{uri}: outside the storage root {root}: use a path inside the root "
+                    "or change RSTREAM_STORAGE_ROOT")
+            path = os.path.relpath(absolute, root)
+        key = os.path.normpath(path) if path else "."
+        key = "" if key == "." else key
+        return key + "/" if key and trailing_slash else key
 
     def _s3_backend(self, bucket: str, uri: str) -> Backend:
         allowed = self.settings.allowed_buckets

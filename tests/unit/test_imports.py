@@ -1,0 +1,65 @@
+"""``producer`` and ``shared`` import, and ``rstream config`` runs, where torch cannot load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TORCH_FREE = [
+    "producer", "producer.cli", "shared", "shared.settings", "shared.storage", "shared.s3",
+    "shared.registry", "shared.results", "shared.errors", "shared.constants",
+]
+
+# Installed before anything else runs: any attempt to import torch or torchvision, even one
+# that some library catches, is recorded in BLOCKED and fails with ImportError.
+BLOCKER = """
+import sys
+BLOCKED = []
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            BLOCKED.append(name)
+            raise ImportError(f"{name} is blocked by this test")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+    return subprocess.run([sys.executable, "-c", BLOCKER + code], check=False, cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_blocker_does_block_torch() -> None:
+    result = _run("import torch")
+    assert result.returncode != 0
+    assert "torch is blocked by this test" in result.stderr
+
+
+def test_producer_and_shared_import_without_torch() -> None:
+    result = _run(
+        "import importlib, json\n"
+        f"for name in {TORCH_FREE!r}: importlib.import_module(name)\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]\n"
+        "print(json.dumps({'blocked': BLOCKED, 'loaded': loaded}))\n")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"blocked": [], "loaded": []}
+
+
+@pytest.mark.parametrize("args", [["config"], ["config", "--markdown"]])
+def test_rstream_config_runs_without_torch(args: list[str]) -> None:
+    result = _run(
+        "from producer.cli import main\n"
+        f"code = main({args!r})\n"
+        "assert not BLOCKED, BLOCKED\n"
+        "sys.exit(code)\n")
+    assert result.returncode == 0, result.stderr
+    assert "RSTREAM_REDIS_URL" in result.stdout

@@ -1,0 +1,166 @@
+"""Settings: defaults, validation that names the variable, value and fix, README table."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import Settings, env_name, markdown_table
+from tests.conftest import make_settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+TABLE_START = "<!-- settings-table:start -->"
+TABLE_END = "<!-- settings-table:end -->"
+
+FIELDS = [f.name for f in dataclasses.fields(Settings)]
+
+# One wrong value for every setting; a new setting must add its own here.
+BAD_VALUES = {
+    "redis_url": "http://127.0.0.1:6379",
+    "storage_root": "s3://bucket/root",
+    "results": "http://example.com/results",
+    "models": "s3:///models",
+    "train_data": "ftp://host/train",
+    "allowed_buckets": "s3://bucket",
+    "s3_endpoint_url": "localhost:9000",
+    "s3_region": "us east 1",
+    "s3_max_attempts": "0",
+    "s3_connect_timeout": "0",
+    "s3_read_timeout": "soon",
+    "chunk_size": "0",
+    "max_pending_chunks": "-1",
+    "max_batch": "4097",
+    "max_delay_ms": "inf",
+    "device": "gpu",
+    "precision": "fp8",
+    "model": "s3://bucket/model.pt",
+    "topk": "0",
+    "max_image_pixels": "1e9",
+    "decode_threads": "0",
+    "concurrency": "257",
+    "task_time_limit": "5",
+    "visibility_timeout": "0",
+    "task_max_retries": "101",
+    "job_ttl": "59",
+    "reload_interval": "nan",
+    "train_schedule": "0 3 * *",
+    "promote_tolerance": "-0.1",
+    "log_level": "verbose",
+}
+
+
+def test_defaults() -> None:
+    settings = make_settings()
+    assert settings == Settings()
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.allowed_buckets == ()
+    assert settings.s3_endpoint_url == ""
+    assert (settings.chunk_size, settings.max_batch, settings.max_delay_ms) == (64, 64, 10.0)
+    assert settings.visibility_timeout > settings.task_time_limit
+    assert settings.device == "auto"
+    assert settings.s3_max_attempts == 5
+
+
+def test_make_settings_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RSTREAM_CHUNK_SIZE", "7")
+    monkeypatch.setenv("RSTREAM_TYPO", "1")
+    assert make_settings().chunk_size == 64
+    monkeypatch.delenv("RSTREAM_TYPO")
+    assert Settings.from_env().chunk_size == 7
+
+
+def test_environment_values_are_parsed_and_normalised() -> None:
+    settings = Settings.from_env({
+        "RSTREAM_ALLOWED_BUCKETS": " b , a,,a ",
+        "RSTREAM_DEVICE": "CUDA:1",
+        "RSTREAM_MAX_DELAY_MS": "2.5",
+        "RSTREAM_TRAIN_SCHEDULE": "0   3 * * *",
+        "PATH": "/usr/bin",  # not ours: ignored
+    })
+    assert settings.allowed_buckets == ("a", "b")
+    assert settings.device == "cuda:1"
+    assert settings.max_delay_ms == 2.5
+    assert settings.train_schedule == "0 3 * * *"
+
+
+def test_every_setting_has_a_bad_value_in_this_table() -> None:
+    assert sorted(BAD_VALUES) == sorted(FIELDS)
+
+
+@pytest.mark.parametrize("field_name", FIELDS)
+def test_a_bad_value_names_its_variable_the_value_and_the_fix(field_name: str) -> None:
+    variable, bad = env_name(field_name), BAD_VALUES[field_name]
+    fix = next(f for f in dataclasses.fields(Settings) if f.name == field_name).metadata["fix"]
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: bad})
+    message = str(info.value)
+    assert variable in message
+    assert repr(bad) in message
+    assert message.endswith(fix)
+
+
+@pytest.mark.parametrize("field_name", ["max_batch", "device", "allowed_buckets"])
+def test_values_given_in_code_are_validated_too(field_name: str) -> None:
+    with pytest.raises(ConfigError, match=env_name(field_name)):
+        make_settings(**{field_name: BAD_VALUES[field_name]})
+    with pytest.raises(ConfigError, match=env_name(field_name)):
+        dataclasses.replace(make_settings(), **{field_name: BAD_VALUES[field_name]})  # type: ignore[arg-type]
+
+
+def test_a_misspelt_override_is_refused() -> None:
+    with pytest.raises(TypeError, match="max_btach"):
+        make_settings(max_btach=8)
+
+
+def test_an_unknown_rstream_variable_is_refused() -> None:
+    with pytest.raises(ConfigError, match="RSTREAM_MAX_BATCHES") as info:
+        Settings.from_env({"RSTREAM_MAX_BATCHES": "8"})
+    assert "README" in str(info.value)
+
+
+@pytest.mark.parametrize("visibility", ["900", "899"])
+def test_visibility_timeout_must_exceed_the_task_time_limit(visibility: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"RSTREAM_VISIBILITY_TIMEOUT": visibility,
+                           "RSTREAM_TASK_TIME_LIMIT": "900"})
+    message = str(info.value)
+    assert "RSTREAM_VISIBILITY_TIMEOUT" in message
+    assert "RSTREAM_TASK_TIME_LIMIT" in message
+    assert "raise RSTREAM_VISIBILITY_TIMEOUT" in message
+
+
+def test_settings_are_frozen() -> None:
+    settings = make_settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_batch = 8  # type: ignore[misc]
+
+
+def test_as_env_rebuilds_the_same_settings() -> None:
+    settings = make_settings(
+        allowed_buckets=("images", "models"), s3_endpoint_url="http://127.0.0.1:9000",
+        max_delay_ms=2.5, device="cuda:0", model="random:resnet18:classes=10",
+        results="s3://images/out", promote_tolerance=0.01, max_pending_chunks=0)
+    env = settings.as_env()
+    assert sorted(env) == sorted(env_name(name) for name in FIELDS)
+    assert all(isinstance(value, str) for value in env.values())
+    assert Settings.from_env(env) == settings
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert TABLE_START in text and TABLE_END in text, (
+        f"README.md must hold the configuration table between {TABLE_START} and {TABLE_END}")
+    table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert table == markdown_table(), (
+        "README.md's configuration table is stale: paste the output of `rstream config "
+        "--markdown` between its settings-table markers")
+
+
+def test_markdown_table_has_a_row_per_setting_with_its_default() -> None:
+    rows = markdown_table().splitlines()[2:]
+    assert len(rows) == len(FIELDS)
+    assert rows[0].startswith("| `RSTREAM_REDIS_URL` | `redis://127.0.0.1:6379/0` |")
+    assert any(row.startswith("| `RSTREAM_ALLOWED_BUCKETS` | (empty) |") for row in rows)
