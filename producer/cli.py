@@ -44,12 +44,22 @@ def _samples(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.constants import INFER_QUEUE
+    from shared.constants import INFER_QUEUE, TRAIN_QUEUE
     from worker import launcher
 
     gpus = launcher.parse_gpus(args.gpus) if args.gpus else None
-    return launcher.run(settings, gpus=gpus, cpu=args.cpu, queue=INFER_QUEUE,
-                        concurrency=args.concurrency)
+    if args.train and gpus and len(gpus) > 1:
+        raise ConfigError("--train runs one trainer: give it one GPU (--gpus 0)")
+    return launcher.run(settings, gpus=gpus[:1] if args.train and gpus else gpus, cpu=args.cpu,
+                        queue=TRAIN_QUEUE if args.train else INFER_QUEUE,
+                        concurrency=1 if args.train else args.concurrency,
+                        one=args.train)
+
+
+def _beat(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import launcher
+
+    return launcher.run_beat(settings)
 
 
 def _lazy(name: str) -> Handler:
@@ -94,8 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="one worker on the CPU, even with GPUs")
     p.add_argument("--concurrency", type=int, help="chunk tasks per process "
                    "(default RSTREAM_CONCURRENCY)")
+    p.add_argument("--train", action="store_true",
+                   help="run the trainer instead: one process on the train queue")
     p.set_defaults(handler=_worker)
+
+    p = commands.add_parser("beat", help="schedule fine-tunes (RSTREAM_TRAIN_SCHEDULE)")
+    p.set_defaults(handler=_beat)
+
+    _add_model_commands(commands)
     return parser
+
+
+def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("train", help="fine-tune now (on a trainer: rstream worker --train)")
+    p.add_argument("--name", help="model name (default RSTREAM_TRAIN_MODEL)")
+    p.add_argument("--mode", choices=("feature-extract", "finetune"),
+                   help="default RSTREAM_TRAIN_MODE")
+    p.add_argument("--epochs", type=int, help="default RSTREAM_TRAIN_EPOCHS")
+    p.add_argument("--start", help="start from this model reference instead of production")
+    p.add_argument("--force", action="store_true", help="train even if the data is unchanged")
+    p.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
+    p.set_defaults(handler=_lazy("train_command"))
+
+    models = commands.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION")
+    p = models.add_parser("ls", help="versions, their accuracy, and which serves (*)")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(handler=_lazy("models_ls_command"))
+    p = models.add_parser("promote", help="make NAME@VERSION the production version")
+    p.add_argument("ref", metavar="NAME@VERSION")
+    p.set_defaults(handler=_lazy("models_promote_command"))
+    p = models.add_parser("rollback", help="production back to the previous version")
+    p.add_argument("name")
+    p.set_defaults(handler=_lazy("models_rollback_command"))
 
 
 def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

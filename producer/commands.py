@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from producer import monitor
 from producer.submit import Client, retry, submit
+from shared.errors import ConfigError
 from shared.jobs import DONE
 from shared.settings import Settings
 
@@ -85,4 +86,64 @@ def jobs_command(args: argparse.Namespace, settings: Settings) -> int:
         created = datetime.fromtimestamp(float(f["created_at"]), UTC).strftime("%Y-%m-%d %H:%M")
         print(f"{job.id}\t{f['status']}\t{job.processed}/{f['images']}\t{f['failed']} failed"
               f"\t{created}\t{f['model']}")
+    return 0
+
+
+def train_command(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+
+    from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
+    from shared.training import TrainRuns
+
+    client = Client(settings)
+    run = f"train-{uuid.uuid4().hex[:12]}"
+    options = {k: v for k, v in {"name": args.name, "mode": args.mode, "epochs": args.epochs,
+                                 "start": args.start, "force": args.force or None}.items()
+               if v is not None}
+    runs = TrainRuns(client.jobs.redis)
+    runs.update(run, status="queued", name=args.name or settings.train_model)
+    client.app.send_task(FINETUNE_TASK, kwargs=options, queue=TRAIN_QUEUE, task_id=run)
+    print(run)
+    if not args.wait:
+        return 0
+    outcome = monitor.wait_training(runs, run, show_progress=True)
+    _print_json(outcome)
+    return 0 if outcome.get("status") in ("promoted", "trained", "skipped") else 1
+
+
+def models_ls_command(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.registry import Registry
+
+    registry = Registry(Client(settings).storage, settings.models)
+    for name in [args.name] if args.name else registry.names():
+        pointer, _ = registry.read_pointer(name)
+        production = pointer["version"] if pointer else None
+        for version in registry.versions(name):
+            meta = registry.read_meta(name, version)
+            accuracy = meta.get("metrics", {}).get("val_accuracy")
+            shown = "-" if accuracy is None else f"{accuracy:.4f}"
+            mark = "*" if version == production else " "
+            print(f"{mark} {name}@{version}\t{meta.get('arch')}\t{len(meta.get('classes', []))} "
+                  f"classes\tval_acc {shown}\t{meta.get('gate', {}).get('reason', '')}")
+    return 0
+
+
+def models_promote_command(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.registry import Registry
+
+    name, _, version = args.ref.partition("@")
+    if not version:
+        raise ConfigError(f"{args.ref!r}: give NAME@VERSION (see `rstream models ls {name}`)")
+    registry = Registry(Client(settings).storage, settings.models)
+    pointer = registry.promote(name, version, reason="promoted by hand")
+    print(f"{name}: production is now {pointer['version']}")
+    return 0
+
+
+def models_rollback_command(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.registry import Registry
+
+    registry = Registry(Client(settings).storage, settings.models)
+    pointer = registry.rollback(args.name)
+    print(f"{args.name}: production is back to {pointer['version']}")
     return 0

@@ -15,6 +15,7 @@ from shared.constants import PART_NAME
 from shared.jobs import DONE, Job, JobStore
 from shared.manifest import manifest_uri, write_manifest
 from shared.storage import Storage, join
+from shared.training import FINISHED, TrainRuns
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,21 @@ def results(store: JobStore, storage: Storage, job_id: str, *,
         for line in result_lines.decode(storage.read(uri)):
             if not failed_only or not line["ok"]:
                 yield line
+
+
+def wait_training(runs: TrainRuns, run: str, *, show_progress: bool = True,
+                  poll_s: float = 1.0, timeout_s: float | None = None) -> dict[str, Any]:
+    """Block until a fine-tune run ends, with a progress bar over its epochs; its outcome."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    interval = 0.5 if sys.stderr.isatty() else 10.0
+    with tqdm(total=0, unit="epoch", disable=not show_progress, mininterval=interval) as bar:
+        while True:
+            state = runs.get(run)
+            if state.get("status") in FINISHED:
+                return state
+            bar.total = int(state.get("epochs", 0))
+            bar.set_postfix(status=state.get("status"), loss=state.get("loss"), refresh=False)
+            bar.update(int(state.get("epoch", 0)) - bar.n)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"fine-tune {run} not finished after {timeout_s} s")
+            time.sleep(poll_s)

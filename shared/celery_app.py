@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK, TRAIN_QUEUE
@@ -55,3 +58,17 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists that kombu keeps a queue in (one per priority step)."""
     return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The scheduled fine-tune: ``settings.train_schedule`` (cron, UTC) on the train queue."""
+    minute, hour, day, month, weekday = settings.train_schedule.split(" ")
+    return {
+        "finetune": {
+            "task": FINETUNE_TASK,
+            "schedule": crontab(minute=minute, hour=hour, day_of_month=day,
+                                month_of_year=month, day_of_week=weekday),
+            "kwargs": {"name": settings.train_model},
+            "options": {"queue": TRAIN_QUEUE},
+        }
+    }

@@ -145,7 +145,8 @@ class JobStore:
         """Create the record, or resume one made by the same submission; True when new."""
         key = JOB_KEY.format(job=check_job_id(job))
         now = str(time.time())
-        fields = {"status": RUNNING, "model": model, "results": results, "source": source,
+        fields: dict[str | bytes, str | int] = {
+                  "status": RUNNING, "model": model, "results": results, "source": source,
                   "chunk_size": chunk_size, "created_at": now, "updated_at": now,
                   "outstanding": 0, "chunks": 0, "images": 0, "ok": 0, "failed": 0,
                   "generation": 0, "submitting": 1}

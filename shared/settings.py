@@ -137,6 +137,18 @@ def _cron(raw: str) -> str:
     value = " ".join(raw.split())
     if len(value.split(" ")) != 5:
         raise ValueError("not a five-field cron expression")
+    from celery.schedules import crontab  # the parser beat will use; imported only here
+
+    minute, hour, day, month, weekday = value.split(" ")
+    crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
+            day_of_week=weekday)  # raises ValueError on a field it cannot parse
+    return value
+
+
+def _model_name(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", value):
+        raise ValueError("not a model name")
     return value
 
 
@@ -224,6 +236,25 @@ class Settings:
     promote_tolerance: float = _setting(
         0.0, "A candidate is promoted when its accuracy >= production's minus this.",
         _float(0.0), "use a number >= 0")
+    train_model: str = _setting(
+        "rstream", "Registry name that scheduled fine-tunes publish to and train from.",
+        _model_name, "use letters, digits, '.', '_' or '-'")
+    train_mode: str = _setting(
+        "finetune", "feature-extract (new fc only) or finetune (layer4 + fc).",
+        _choice("feature-extract", "finetune"), "use feature-extract or finetune")
+    train_epochs: int = _setting(
+        10, "Most epochs of one fine-tune (early stopping may end it sooner).", _int(1, 1000),
+        "use an integer from 1 to 1000")
+    train_base: str = _setting(
+        "", "Start of a fine-tune when TRAIN_MODEL has no production version yet "
+        "(empty: torchvision ImageNet weights, if cached).", _model,
+        "use a model reference such as random:resnet18:seed=0")
+    train_lock_ttl: int = _setting(
+        900, "Seconds the single-flight training lock lives without a heartbeat.", _int(10),
+        "use an integer >= 10")
+    train_time_limit: int = _setting(
+        6 * 3600, "Hard time limit of one fine-tune task in seconds.", _int(60),
+        "use an integer >= 60")
     log_level: str = _setting(
         "info", "Logging level.", _choice("debug", "info", "warning", "error"),
         "use debug, info, warning or error")

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from types import FrameType
 
@@ -49,12 +50,13 @@ def worker_command(settings: Settings, queue: str, concurrency: int, name: str) 
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle"]
 
 
-def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool,
-         queue: str = INFER_QUEUE, concurrency: int | None = None
+def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
+         queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False
          ) -> list[tuple[list[str], dict[str, str]]]:
-    """The (command, environment) of each worker process to start."""
+    """The (command, environment) of each worker process to start; ``one``: a single process."""
     concurrency = concurrency or settings.concurrency
     devices = [] if cpu else list(gpus if gpus is not None else detect_gpus())
+    devices = devices[:1] if one else devices
     base = {**os.environ, **settings.as_env()}
     if not devices:
         env = {**base, "CUDA_VISIBLE_DEVICES": "", "RSTREAM_DEVICE": "cpu"}
@@ -68,13 +70,25 @@ def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool,
     return procs
 
 
-def run(settings: Settings, gpus: Sequence[str] | None = None, cpu: bool = False,
-        queue: str = INFER_QUEUE, concurrency: int | None = None) -> int:
+def run(settings: Settings, gpus: Sequence[str] | None = None, cpu: bool = False, *,
+        queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False) -> int:
     """Start the worker processes and wait for them; returns the worst exit status."""
-    children = [subprocess.Popen(cmd, env=env)
-                for cmd, env in plan(settings, gpus, cpu, queue, concurrency)]
+    processes = plan(settings, gpus, cpu, queue=queue, concurrency=concurrency, one=one)
+    children = [subprocess.Popen(cmd, env=env) for cmd, env in processes]
     logger.info("started %d worker process(es) on queue %s", len(children), queue)
+    return supervise(children)
 
+
+def run_beat(settings: Settings) -> int:
+    """Celery beat with rstream's schedule; its state file lives in the temp directory."""
+    schedule = os.path.join(tempfile.gettempdir(), "rstream-celerybeat-schedule")
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "beat",
+               "--loglevel", settings.log_level.upper(), "--schedule", schedule]
+    return supervise([subprocess.Popen(command, env={**os.environ, **settings.as_env()})])
+
+
+def supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for ``children``, passing SIGTERM and SIGINT on; returns the worst exit status."""
     def forward(signum: int, _frame: FrameType | None) -> None:
         for child in children:
             if child.poll() is None:

@@ -10,7 +10,7 @@ import redis
 from celery import Celery, Task
 from celery.signals import worker_shutdown
 
-from shared.constants import INFER_TASK
+from shared.constants import FINETUNE_TASK, INFER_TASK
 from shared.errors import TransientError
 from shared.jobs import JobStore
 from shared.messages import ChunkMessage
@@ -66,6 +66,16 @@ def register(app: Celery, settings: Settings) -> ProcessState:
         summary = run_chunk(chunk, state.context())
         logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk, summary)
         return summary
+
+    # Acked on receipt, not late: a fine-tune can outlast the visibility timeout, and one lost
+    # with its trainer is simply run again by the next beat (or `rstream train`).
+    @app.task(name=FINETUNE_TASK, bind=True, acks_late=False,
+              time_limit=settings.train_time_limit,
+              soft_time_limit=max(1, settings.train_time_limit - 60))
+    def finetune(self: Task, **options: Any) -> dict[str, Any]:
+        from worker.trainer import train_once
+
+        return train_once(settings, self.request.id or "manual", **options)
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:

@@ -48,6 +48,12 @@ BAD_VALUES = {
     "reload_interval": "nan",
     "train_schedule": "0 3 * *",
     "promote_tolerance": "-0.1",
+    "train_model": "../escape",
+    "train_mode": "full",
+    "train_epochs": "0",
+    "train_base": "resnet18:imagenet:x",
+    "train_lock_ttl": "5",
+    "train_time_limit": "10",
     "log_level": "verbose",
 }
 
