@@ -1,0 +1,165 @@
+"""The inference engine of one serving process: fetch, decode, batch, predict, result lines.
+
+An :class:`Engine` owns one :class:`~worker.batcher.Batcher` (the only thread that runs the
+model), a pool of ``decode_threads`` threads that fetch and decode images, and a small cache of
+:class:`~worker.predict.Predictor` objects keyed by resolved model version. Several threads may
+call :meth:`Engine.score` at once: while one call's images are on the device, the others fetch
+and decode theirs. Build it inside the serving process (it resolves the device, which may start
+CUDA), never in a parent that forks afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from torch import Tensor
+
+from shared.errors import RstreamError, TransientError
+from shared.registry import Registry
+from shared.results import Line, error_line, ok_line
+from shared.settings import Settings
+from shared.storage import Storage
+from worker.batcher import Batcher, Prediction
+from worker.device import resolve_device
+from worker.models import ModelRef, load_model
+from worker.predict import Predictor
+from worker.preprocess import Preprocessing, decode_image
+
+logger = logging.getLogger(__name__)
+
+CACHED_PREDICTORS = 3  # model versions kept loaded; an evicted one lives on while it has work
+BACKOFF_BASE_S = 0.1  # first retry delay of a transient fetch error; doubles per retry
+BACKOFF_MAX_S = 5.0
+
+
+class Engine:
+    """Scores lists of image URIs with a model reference; thread-safe."""
+
+    def __init__(self, settings: Settings, storage: Storage, registry: Registry) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.registry = registry
+        self.device = resolve_device(settings.device)
+        self.batcher = Batcher(max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms)
+        self._pool = ThreadPoolExecutor(settings.decode_threads,
+                                        thread_name_prefix="rstream-decode")
+        self._lock = threading.Lock()
+        self._predictors: OrderedDict[str, Predictor] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._pointers: dict[str, tuple[str, float]] = {}  # name -> (version, checked at)
+        logger.info("engine on %s, precision %s, batches of up to %d images",
+                    self.device, settings.precision, settings.max_batch)
+
+    def score(self, uris: list[str], model_ref: str) -> list[Line]:
+        """One result line per URI, in order, all from one model version.
+
+        A URI that cannot be fetched or decoded gets an error line; a failed forward gives
+        error lines to the images of its batch. A model that cannot be resolved or loaded
+        raises (ModelError, NotFoundError), since no line could name a version.
+        """
+        predictor = self.predictor_for(model_ref)
+        spec = predictor.preprocessing
+        decoded: list[Tensor | Exception] = list(
+            self._pool.map(lambda uri: self._fetch_decode(uri, spec), uris))
+        images = [item for item in decoded if isinstance(item, Tensor)]
+        futures = iter(self.batcher.submit(images, predictor))
+        lines = []
+        for uri, item in zip(uris, decoded, strict=True):
+            if isinstance(item, Exception):
+                lines.append(error_line(uri, item))
+            else:
+                lines.append(_line(uri, next(futures), predictor.version))
+        return lines
+
+    def predictor_for(self, ref: str) -> Predictor:
+        """The predictor for ``ref``, loaded once per resolved version and cached."""
+        key = self.resolve_ref(ref)
+        with self._lock:
+            if key in self._predictors:
+                self._predictors.move_to_end(key)
+                return self._predictors[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one thread loads a version; the others wait for it, then share it
+            with self._lock:
+                predictor = self._predictors.get(key)
+            if predictor is None:
+                predictor = self._load(key)
+            with self._lock:
+                self._predictors[key] = predictor
+                self._loading.pop(key, None)
+                while len(self._predictors) > CACHED_PREDICTORS:
+                    self._predictors.popitem(last=False)
+        return predictor
+
+    def resolve_ref(self, ref: str) -> str:
+        """``ref`` with a registry ``NAME`` pinned to ``NAME@VERSION`` of production.
+
+        The production pointer is read at most every ``reload_interval`` seconds per name.
+        Other references come back unchanged.
+        """
+        parsed = ModelRef.parse(ref)
+        if parsed.kind != "registry" or parsed.version:
+            return ref.strip()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._pointers.get(parsed.name)
+        if cached is None or now - cached[1] >= self.settings.reload_interval:
+            cached = (self.registry.production(parsed.name), now)
+            with self._lock:
+                self._pointers[parsed.name] = cached
+        return f"{parsed.name}@{cached[0]}"
+
+    def close(self) -> None:
+        """Finish the work already submitted, then stop the threads."""
+        self._pool.shutdown(wait=True)
+        self.batcher.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _load(self, ref: str) -> Predictor:
+        start = time.monotonic()
+        loaded = load_model(ref, self.registry)
+        predictor = Predictor(loaded, self.device, self.settings.precision, self.settings.topk)
+        logger.info("loaded %s on %s in %.2fs", predictor.version, self.device,
+                    time.monotonic() - start)
+        return predictor
+
+    def _fetch_decode(self, uri: str, spec: Preprocessing) -> Tensor | Exception:
+        try:
+            data = self._fetch(uri)
+            return decode_image(data, spec, self.settings.max_image_pixels)
+        except RstreamError as exc:
+            return exc
+        except Exception as exc:  # a bug or a library surprise fails one image, not the call
+            logger.exception("unexpected error fetching or decoding %s", uri)
+            return exc
+
+    def _fetch(self, uri: str) -> bytes:
+        retries = self.settings.task_max_retries
+        for attempt in range(retries + 1):
+            try:
+                return self.storage.read(uri)
+            except TransientError as exc:
+                if attempt == retries:
+                    raise
+                delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt)
+                logger.warning("%s: %s; retry %d of %d in %.1fs", uri, exc, attempt + 1,
+                               retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _line(uri: str, future: Future[Prediction], version: str) -> Line:
+    try:
+        top, produced_by = future.result()
+    except Exception as exc:  # the forward of this image's batch failed: the model ran
+        return error_line(uri, exc, version)
+    return ok_line(uri, top, produced_by)
