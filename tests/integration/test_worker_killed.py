@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from producer import monitor
 from producer.submit import Client, submit
+from shared.constants import INFER_TASK
 from shared.samples import write_samples
 from shared.storage import join
 from tests.integration.test_pipeline import pipeline_settings
@@ -47,3 +49,12 @@ def test_killed_worker_loses_no_image_and_reports_none_twice(
     assert set(seen.values()) == {1}
     record = client.jobs.get(job)
     assert (record.ok, record.failed, record.images) == (120, 0, 120)
+    in_flight = tasks(first.log(), "received") - tasks(first.log(), "succeeded")
+    assert in_flight, "the first worker died holding chunks"
+    assert in_flight <= tasks(second.log(), "succeeded"), "its chunks were redelivered"
+    assert client.storage.exists(join(settings.results, job, "manifest.json"))
+
+
+def tasks(log: str, event: str) -> set[str]:
+    """Task ids that a worker log says were ``received`` or ``succeeded``."""
+    return set(re.findall(rf"Task {re.escape(INFER_TASK)}\[([^\]]+)\] {event}", log))
