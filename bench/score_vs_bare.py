@@ -11,7 +11,8 @@ re-encoded), then measures, on the same device, model, precision and batch size:
 - ``score``: the ``rstream score`` pipeline (``worker.cli.run_score``: listing, fetch, decode,
   batcher, forward, result lines written to a file), timed from the moment the model is loaded.
 
-Each figure is the median of ``--repeats`` runs after one warm-up run.
+After one warm-up of each, bare passes and score runs alternate ``--repeats`` times, so both
+see the same machine load; the ratio is the median of the paired ratios.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import skimage
 import sklearn
@@ -33,7 +34,7 @@ import torch
 from PIL import Image
 
 from shared.settings import Settings
-from worker.cli import run_score
+from worker.cli import Summary, run_score
 from worker.device import resolve_device
 from worker.models import load_model
 from worker.predict import Predictor
@@ -66,16 +67,21 @@ def make_jpegs(folder: Path, count: int) -> list[bytes]:
     return blobs
 
 
-def bare(predictor: Predictor, batches: list[torch.Tensor], repeats: int) -> list[float]:
-    predictor.predict(batches[0])  # warm-up
-    images = sum(len(b) for b in batches)
-    rates = []
-    for _ in range(repeats):
+def bare(predictor: Predictor, batches: list[torch.Tensor]) -> float:
+    """Images per second of one pass of ``predict`` over ready batches.
+
+    The pass runs on a thread of its own, as the batcher's forward does: on a CPU, torch's
+    intra-op threads behave differently for the main thread (measured here 20% slower on a busy
+    2-core machine), which would skew the ratio.
+    """
+    def one_pass() -> float:
         start = time.perf_counter()
         for batch in batches:
             predictor.predict(batch)
-        rates.append(images / (time.perf_counter() - start))
-    return rates
+        return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(one_pass).result()
 
 
 def decode_rates(blobs: list[bytes], predictor: Predictor, settings: Settings,
@@ -90,19 +96,26 @@ def decode_rates(blobs: list[bytes], predictor: Predictor, settings: Settings,
     return rates[1:]
 
 
-def score_rates(folder: Path, work: Path, model: str, settings: Settings,
-                repeats: int) -> tuple[list[float], dict[str, Any]]:
+def score(folder: Path, work: Path, model: str, settings: Settings) -> Summary:
+    """One ``rstream score`` run of ``folder``; its images/s excludes the model load."""
     args = argparse.Namespace(source=str(folder), model=model, out=str(work / "out.jsonl"),
                               topk=None)
-    rates, stages = [], {}
-    for run in range(repeats + 1):
-        summary = run_score(args, settings)
-        if summary.failed:
-            raise SystemExit(f"{summary.failed} images failed; see {work / 'out.jsonl'}")
-        if run:
-            rates.append(summary.images_per_s)
-            stages = summary.stages
-    return rates, stages
+    summary = run_score(args, settings)
+    if summary.failed:
+        raise SystemExit(f"{summary.failed} images failed; see {work / 'out.jsonl'}")
+    return summary
+
+
+def paired(predictor: Predictor, batches: list[torch.Tensor], run: Callable[[], Summary],
+           repeats: int) -> tuple[list[float], list[Summary]]:
+    """Alternating bare passes and score runs, after one warm-up of each."""
+    bare(predictor, batches)
+    run()
+    bare_rates, summaries = [], []
+    for _ in range(repeats):
+        bare_rates.append(bare(predictor, batches))
+        summaries.append(run())
+    return bare_rates, summaries
 
 
 def main() -> None:
@@ -112,7 +125,7 @@ def main() -> None:
     parser.add_argument("--device", default=os.environ.get("RSTREAM_DEVICE", "auto"))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--decode-threads", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rstream-bench-") as tmp:
@@ -127,13 +140,13 @@ def main() -> None:
                    for b in blobs]
         batches = [predictor.collate(tensors[i:i + opts.batch])
                    for i in range(0, len(tensors), opts.batch)]
-        bare_before = bare(predictor, batches, max(opts.repeats, 5))
         decode = decode_rates(blobs, predictor, settings, opts.repeats)
-        score, stages = score_rates(work / "images", work, opts.model, settings, opts.repeats)
-        bare_after = bare(predictor, batches, max(opts.repeats, 5))
+        bare_rates, summaries = paired(
+            predictor, batches, lambda: score(work / "images", work, opts.model, settings),
+            opts.repeats)
 
-    bare_median = statistics.median(bare_before + bare_after)
-    score_median = statistics.median(score)
+    score_rates = [s.images_per_s for s in summaries]
+    ratios = [s / b for s, b in zip(score_rates, bare_rates, strict=True)]
     print(json.dumps({
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -147,14 +160,15 @@ def main() -> None:
         "image_size": f"{SIZE[0]}x{SIZE[1]}",
         "batch": opts.batch,
         "decode_threads": settings.decode_threads,
-        "bare_images_per_s": round(bare_median, 1),
-        "bare_runs": [round(r, 1) for r in bare_before + bare_after],
+        "bare_images_per_s": round(statistics.median(bare_rates), 1),
+        "score_images_per_s": round(statistics.median(score_rates), 1),
+        "ratio_score_to_bare": round(statistics.median(ratios), 3),
+        "bare_runs": [round(r, 1) for r in bare_rates],
+        "score_runs": [round(r, 1) for r in score_rates],
+        "ratios": [round(r, 3) for r in ratios],
         "decode_images_per_s": round(statistics.median(decode), 1),
-        "score_images_per_s": round(score_median, 1),
-        "score_runs": [round(r, 1) for r in score],
-        "ratio_score_to_bare": round(score_median / bare_median, 3),
         "score_last_run_batcher": {k: round(v, 3) if isinstance(v, float) else v
-                                   for k, v in stages.items()},
+                                   for k, v in summaries[-1].stages.items()},
     }, indent=2))
 
 
