@@ -96,3 +96,47 @@ class Registry:
                 f"model {name!r} has no production version in {self.prefix}: promote one with "
                 f"`rstream models promote {name}@VERSION` or pass NAME@VERSION")
         return str(pointer["version"])
+
+    history_limit = 50  # earlier production versions the pointer keeps, for rollback
+
+    def promote(self, name: str, version: str, reason: str = "",
+                current: tuple[dict[str, Any] | None, str | None] | None = None) -> dict[str, Any]:
+        """Point production at ``version``, compare-and-set; returns the new pointer.
+
+        ``current`` is the (pointer, ETag) from :meth:`read_pointer` this change is based on
+        (default: read it now). When another promoter changed the pointer since, the write
+        raises PreconditionFailed and nothing changes.
+        """
+        self.read_meta(name, version)  # NotFoundError for a version that was never published
+        pointer, etag = self.read_pointer(name) if current is None else current
+        previous = list(pointer.get("previous", [])) if pointer else []
+        if pointer:
+            previous.append(str(pointer["version"]))
+        new = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
+               "reason": reason, "previous": previous[-self.history_limit:]}
+        self._write_pointer(name, new, etag)
+        return new
+
+    def rollback(self, name: str, reason: str = "rollback",
+                 current: tuple[dict[str, Any] | None, str | None] | None = None
+                 ) -> dict[str, Any]:
+        """Point production back at the version before this one, compare-and-set."""
+        pointer, etag = self.read_pointer(name) if current is None else current
+        if not pointer or not pointer.get("previous"):
+            raise NotFoundError(
+                f"model {name!r} has no earlier production version to roll back to: promote one "
+                f"with `rstream models promote {name}@VERSION`")
+        previous = list(pointer["previous"])
+        new = {"version": previous.pop(), "promoted_at": datetime.now(UTC).isoformat(),
+               "reason": reason, "previous": previous}
+        self._write_pointer(name, new, etag)
+        return new
+
+    def _write_pointer(self, name: str, pointer: dict[str, Any], etag: str | None) -> None:
+        # A conditional write, not a lock: the storage refuses the loser of a race
+        # (PreconditionFailed), on S3 and on the local backend alike.
+        data = json.dumps(pointer, indent=2).encode()
+        if etag is None:
+            self.storage.write(self.pointer_uri(name), data, if_none_match=True)
+        else:
+            self.storage.write(self.pointer_uri(name), data, if_match=etag)

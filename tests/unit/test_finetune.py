@@ -1,0 +1,342 @@
+"""Fine-tuning: frozen parameters per mode, the promotion gate, skips, and the pointer CAS.
+
+The labelled images are real photos (scikit-image / scikit-learn samples) tinted red or blue, as
+PNG files in the ``{class}/`` layout of a local storage root: a class that any random crop
+shows, so that a few CPU steps learn it. Every model is a seeded resnet18 made here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.errors import ConfigError, NotFoundError
+from shared.registry import Registry
+from shared.settings import Settings
+from shared.storage import PreconditionFailed, Storage
+from tests.conftest import make_settings
+from tests.images import photo
+from worker import datasets
+from worker.finetune import TrainConfig, make_optimizer, prepare, run_finetune
+from worker.models import load_model, load_version, save_model
+from worker.preprocess import Preprocessing
+
+START = "random:resnet18:classes=2:seed=0"
+FAST = {"epochs": 1, "batch_size": 8, "resize": 36, "crop": 32, "val_percent": 25}
+LEARNS = {**FAST, "epochs": 3, "patience": 0}  # reaches 1.0 on the tints, on every seed tried
+TINTS = {"blue": (0.25, 0.25, 1.0), "red": (1.0, 0.25, 0.25)}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
+PER_CLASS = 16
+
+
+def render_tints(root: Path) -> None:
+    """PER_CLASS photos per tint, 40-64 px wide, as PNG files in ``root/train/{tint}/``."""
+    for label, tint in TINTS.items():
+        folder = root / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(PER_CLASS):
+            rgb = photo(PHOTOS[i % len(PHOTOS)], (40 + 8 * (i // len(PHOTOS)), 40)).convert("RGB")
+            pixels = np.asarray(rgb, dtype=np.float32) * np.array(tint, dtype=np.float32)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """One intra-op thread: the same numbers on any machine, and no oversubscribed cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[Settings, Storage, Registry]:
+    root = tmp_path / "root"
+    render_tints(root)
+    settings = make_settings(storage_root=str(root))
+    storage = Storage(settings)
+    return settings, storage, Registry(storage, settings.models)
+
+
+def publish_untrained(registry: Registry, promote: bool = True) -> str:
+    """An untrained resnet18 for the tints, published (and promoted) as ``tints``."""
+    model = load_model(START)
+    version = save_model(registry, "tints", model.module, arch="resnet18", classes=list(TINTS),
+                         preprocessing=Preprocessing(resize=36, crop=32),
+                         extra={"fingerprint": "older data"})
+    if promote:
+        registry.promote("tints", version, "test set-up")
+    return version
+
+
+def tensor_bytes(state: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    return {k: v.detach().cpu().contiguous().numpy().tobytes() for k, v in state.items()}
+
+
+def changed_keys(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    assert before.keys() == after.keys()
+    old, new = tensor_bytes(before), tensor_bytes(after)
+    return {k for k in old if old[k] != new[k]}
+
+
+@pytest.mark.parametrize(("mode", "trainable"), [
+    ("feature-extract", ("fc.",)),
+    ("finetune", ("fc.", "layer4.")),
+])
+def test_training_changes_only_the_trainable_blocks_buffers_included(
+        env: tuple[Settings, Storage, Registry], mode: str, trainable: tuple[str, ...]) -> None:
+    settings, storage, registry = env
+    version = publish_untrained(registry)
+    before = load_version(registry, "tints", version).module.state_dict()
+
+    result = run_finetune(settings, storage, registry, "tints", TrainConfig(mode=mode, **FAST))
+
+    after = load_version(registry, "tints", result["version"]).module.state_dict()
+    changed = changed_keys(before, after)
+    assert changed, "training changed nothing"
+    assert {k for k in changed if not k.startswith(trainable)} == set()
+    assert any(k.startswith("fc.") for k in changed)
+    if mode == "finetune":  # layer4's BatchNorm trains, so its running stats move
+        assert "layer4.1.bn2.running_mean" in changed
+        assert "layer4.1.conv2.weight" in changed
+
+
+def test_finetune_optimizer_groups_carry_the_two_learning_rates() -> None:
+    module = load_model(START).module
+    config = TrainConfig(mode="finetune", lr_fc=0.02, lr_layer4=0.003)
+    optimizer = make_optimizer(prepare(module, 2, False, config), config)
+
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs == {"fc": 0.02, "layer4": 0.003}
+    in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    expected = {id(p) for name, p in module.named_parameters()
+                if name.startswith(("fc.", "layer4."))}
+    assert in_groups == trainable == expected
+    assert all(group["momentum"] == 0.9 for group in optimizer.param_groups)
+
+
+def test_feature_extract_trains_a_new_fc_alone() -> None:
+    module = load_model(START).module
+    old_fc = module.fc
+    config = TrainConfig(mode="feature-extract")
+    optimizer = make_optimizer(prepare(module, 3, False, config), config)
+
+    assert module.fc is not old_fc and module.fc.out_features == 3
+    assert [group["name"] for group in optimizer.param_groups] == ["fc"]
+    assert {n for n, p in module.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+
+
+def test_a_better_candidate_is_promoted(env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, registry = env
+    untrained = publish_untrained(registry)
+
+    result = run_finetune(settings, storage, registry, "tints",
+                          TrainConfig(mode="finetune", **LEARNS))
+
+    assert result["status"] == "promoted", result
+    assert result["val_accuracy"] == 1.0 > result["production_accuracy"]
+    assert registry.production("tints") == result["version"]
+    pointer = registry.read_pointer("tints")[0]
+    assert pointer is not None and pointer["previous"] == [untrained]
+    meta = registry.read_meta("tints", result["version"])
+    assert meta["parent"] == f"tints@{untrained}"  # it started from production
+    assert meta["gate"]["passed"] is True and meta["gate"]["production_version"] == untrained
+
+
+def swapped_training_labels(storage: Storage, settings: Settings) -> str:
+    """A labels manifest of the same images, training labels swapped, validation ones right."""
+    lines = []
+    for item in datasets.list_labelled(storage, settings.train_data):
+        label = item.label
+        if not datasets.is_validation(item.uri, FAST["val_percent"]):
+            label = "red" if label == "blue" else "blue"
+        lines.append(json.dumps({"uri": item.uri, "label": label}))
+    storage.write("swapped.jsonl", "\n".join(lines).encode())
+    return "swapped.jsonl"
+
+
+def test_a_worse_candidate_is_published_not_promoted(
+        env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, registry = env
+    good = run_finetune(settings, storage, registry, "tints",
+                        TrainConfig(mode="finetune", **LEARNS), start_ref=START)
+    assert good["status"] == "promoted" and good["val_accuracy"] == 1.0, good
+    mislabelled = make_settings(storage_root=settings.storage_root,
+                                train_data=swapped_training_labels(storage, settings))
+
+    result = run_finetune(mislabelled, storage, registry, "tints",
+                          TrainConfig(mode="finetune", **LEARNS), start_ref=START)
+
+    assert result["status"] == "trained", result
+    assert result["val_accuracy"] < result["production_accuracy"] == 1.0
+    assert registry.versions("tints") == sorted([good["version"], result["version"]])
+    assert registry.production("tints") == good["version"]
+    meta = registry.read_meta("tints", result["version"])
+    assert meta["gate"]["passed"] is False
+    assert meta["gate"]["reason"] == result["reason"]
+    assert "published, not promoted" in result["reason"]
+
+
+def test_accumulation_steps_the_optimizer_every_n_batches_and_reports_progress(
+        env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, registry = env
+    calls: list[tuple[int, int, float]] = []
+    config = TrainConfig(mode="feature-extract", **{**FAST, "epochs": 2, "accumulation": 2})
+
+    result = run_finetune(settings, storage, registry, "tints", config, start_ref=START,
+                          progress=lambda *call: calls.append(call))
+
+    meta = registry.read_meta("tints", result["version"])
+    batches = -(-meta["training"]["train_images"] // FAST["batch_size"])
+    steps = -(-batches // 2)  # a partial accumulation at the epoch's end still steps
+    assert [(epoch, step) for epoch, step, _ in calls] == [
+        (epoch, step) for epoch in (1, 2) for step in range(1, steps + 1)]
+    assert all(loss > 0 for _, _, loss in calls)
+
+
+def test_early_stopping_keeps_the_best_epoch(env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, registry = env
+    still = TrainConfig(mode="feature-extract", lr_fc=0.0, **{**FAST, "epochs": 6, "patience": 2})
+
+    result = run_finetune(settings, storage, registry, "tints", still, start_ref=START)
+
+    assert (result["epochs_run"], result["best_epoch"]) == (3, 1)  # no epoch beat the first
+    history = registry.read_meta("tints", result["version"])["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert len({h["val_loss"] for h in history}) == 1
+
+
+def test_unchanged_training_data_skips_training(env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, registry = env
+    first = run_finetune(settings, storage, registry, "tints",
+                         TrainConfig(mode="feature-extract", **FAST), start_ref=START)
+    assert first["status"] == "promoted"
+
+    again = run_finetune(settings, storage, registry, "tints",
+                         TrainConfig(mode="feature-extract", **FAST), start_ref=START)
+
+    assert again["status"] == "skipped"
+    assert again["version"] == first["version"] and "unchanged" in again["reason"]
+    assert registry.versions("tints") == [first["version"]]
+
+
+def test_fingerprint_follows_uris_labels_and_contents(
+        env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, _ = env
+    items = datasets.list_labelled(storage, settings.train_data)
+    original = datasets.fingerprint(items)
+    assert datasets.fingerprint(list(reversed(items))) == original
+    relabelled = [datasets.LabelledImage(items[0].uri, "red", items[0].tag), *items[1:]]
+    assert items[0].label == "blue" and datasets.fingerprint(relabelled) != original
+    storage.write(items[0].uri, storage.read(items[0].uri) + b"\0")  # size and ETag change
+    assert datasets.fingerprint(datasets.list_labelled(storage, settings.train_data)) != original
+
+
+def test_labels_come_from_class_folders_or_a_manifest(
+        env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, _ = env
+    storage.write("train/README.txt", b"beside the class folders")
+    storage.write("train/red/.hidden.png", b"editor junk")
+    storage.write("train/red/notes.txt", b"not an image")
+    items = datasets.list_labelled(storage, settings.train_data)
+    assert len(items) == 2 * PER_CLASS and {i.label for i in items} == set(TINTS)
+    assert all(i.uri.startswith(f"train/{i.label}/") for i in items)
+    lines = [{"uri": i.uri, "label": i.label.upper()} for i in items[::5]]
+    storage.write("labels.jsonl", "\n".join(json.dumps(x) for x in lines).encode() + b"\n\n")
+
+    from_manifest = datasets.list_labelled(storage, "labels.jsonl")
+
+    assert [(i.uri, i.label) for i in from_manifest] == [(x["uri"], x["label"]) for x in lines]
+    storage.write("bad.jsonl", b'{"uri": "train/red/000.png"}\n')
+    with pytest.raises(ConfigError, match="line 1"):
+        datasets.list_labelled(storage, "bad.jsonl")
+
+
+def test_validation_split_is_stable_and_near_the_percentage(
+        env: tuple[Settings, Storage, Registry]) -> None:
+    many = [datasets.LabelledImage(f"train/x/{i}.png", "x", "1") for i in range(2000)]
+    train, val = datasets.split(many, 20)
+    assert 300 < len(val) < 500 and len(train) + len(val) == 2000
+    assert datasets.split(list(reversed(many)), 20)[1] == sorted(val, key=many.index)[::-1]
+    with pytest.raises(ConfigError, match="validation"):
+        datasets.split(many[:1], 20)
+
+
+def test_a_corrupt_training_image_is_left_out(env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, _ = env
+    storage.write("train/red/broken.png", b"\x89PNG\r\n\x1a\n truncated")
+    items = datasets.list_labelled(storage, settings.train_data)
+    dataset = datasets.training_dataset(storage, items, list(TINTS),
+                                        Preprocessing(resize=36, crop=32), 10_000)
+    samples = [dataset[i] for i in range(len(items))]
+    bad = [item.uri for item, s in zip(items, samples, strict=True) if s is None]
+    assert bad == ["train/red/broken.png"]
+    images, labels = datasets.collate(samples)
+    assert images.shape == (2 * PER_CLASS, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.tolist() == [0 if i.label == "blue" else 1 for i in items if i.uri != bad[0]]
+
+
+# The production pointer: compare-and-set promote and rollback (no torch needed).
+
+def publish_meta(registry: Registry, version: str) -> str:
+    registry.storage.write(registry.meta_uri("m", version), b"{}")
+    return version
+
+
+V1, V2, V3 = "20260101T000000000000Z-0001", "20260102T000000000000Z-0002", \
+    "20260103T000000000000Z-0003"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    storage = Storage(make_settings(storage_root=str(tmp_path)))
+    registry = Registry(storage, "models")
+    for version in (V1, V2, V3):
+        publish_meta(registry, version)
+    return registry
+
+
+def test_two_first_promoters_cannot_both_win(registry: Registry) -> None:
+    seen = registry.read_pointer("m")
+    assert seen == (None, None)
+    registry.promote("m", V1, "first", current=seen)
+    with pytest.raises(PreconditionFailed):
+        registry.promote("m", V2, "second", current=seen)
+    assert registry.production("m") == V1
+
+
+def test_promoters_racing_with_the_same_stale_etag_only_one_wins(registry: Registry) -> None:
+    registry.promote("m", V1)
+    registry.promote("m", V2)
+    stale = registry.read_pointer("m")
+    registry.promote("m", V3, "racer a", current=stale)
+    with pytest.raises(PreconditionFailed):
+        registry.promote("m", V1, "racer b", current=stale)
+    with pytest.raises(PreconditionFailed):
+        registry.rollback("m", current=stale)
+    pointer: dict[str, Any] = registry.read_pointer("m")[0]  # type: ignore[assignment]
+    assert pointer["version"] == V3 and pointer["previous"] == [V1, V2]
+    assert pointer["reason"] == "racer a"
+
+
+def test_rollback_returns_to_the_previous_version(registry: Registry) -> None:
+    for version in (V1, V2, V3):
+        registry.promote("m", version)
+    assert registry.rollback("m")["version"] == V2
+    assert registry.production("m") == V2
+    assert registry.rollback("m")["version"] == V1
+    with pytest.raises(NotFoundError, match="no earlier production version"):
+        registry.rollback("m")
+
+
+def test_an_unpublished_version_cannot_be_promoted(registry: Registry) -> None:
+    with pytest.raises(NotFoundError):
+        registry.promote("m", "20260104T000000000000Z-0004")
+    assert registry.read_pointer("m") == (None, None)
