@@ -40,6 +40,10 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"job {args.job}: {fields['status']}  {state.job.processed}/{fields['images']} images "
           f"({fields['ok']} ok, {fields['failed']} failed)  {state.rate:.1f} img/s  ETA {eta}")
     print(f"model {fields['model']}  results {fields['results']}/{args.job}/")
+    if fields.get("stalled"):
+        print(f"{fields['stalled']} chunk(s) could not write their part; last error: "
+              f"{fields.get('last_error')}. Fix it, then resubmit the job with the same "
+              "arguments to send them again.")
     return 0
 
 
@@ -52,6 +56,9 @@ def _wait(client: Client, job: str, strict: bool) -> int:
     fields = final.fields
     print(f"job {job}: {fields['status']}, {fields['ok']} ok, {fields['failed']} failed",
           file=sys.stderr)
+    if final.stalled:
+        print(f"job {job}: {fields['stalled']} chunk(s) could not write their part "
+              f"({fields.get('last_error')}); see `rstream status {job}`", file=sys.stderr)
     if fields["status"] != DONE:
         return 1
     return 1 if strict and int(fields["failed"]) else 0

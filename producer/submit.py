@@ -17,6 +17,7 @@ from shared.errors import ConfigError, NotFoundError
 from shared.jobs import JobStore, new_job_id
 from shared.manifest import part_uri, write_manifest
 from shared.messages import ChunkMessage
+from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 
@@ -76,6 +77,8 @@ def submit(source: str | Iterable[str], job: str | None = None, model: str | Non
     if not model:
         raise ConfigError("no model given: pass --model or set RSTREAM_MODEL "
                           "(e.g. random:resnet18, NAME or NAME@VERSION)")
+    check_model(model, client)
+    client.storage.resolve(settings.results)  # a refused output location fails here, not later
     size = chunk_size or settings.chunk_size
     limit = settings.max_pending_chunks if max_pending is None else max_pending
     job = job or new_job_id()
@@ -96,6 +99,21 @@ def submit(source: str | Iterable[str], job: str | None = None, model: str | Non
     _end_submit(client, job)
     logger.info("job %s: sent %d chunks, %d images", job, sent, images)
     return job
+
+
+def check_model(model: str, client: Client) -> None:
+    """Refuse a registry model that does not exist before anything is sent.
+
+    Other references (random:, torchvision:) are checked by the worker, which has torch.
+    """
+    if ":" in model:
+        return
+    name, _, version = model.partition("@")
+    registry = Registry(client.storage, client.settings.models)
+    if version:
+        registry.read_meta(name, version)
+    else:
+        registry.production(name)
 
 
 def _end_submit(client: Client, job: str) -> None:

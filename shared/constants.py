@@ -13,6 +13,7 @@ JOB_KEY = REDIS_PREFIX + ":job:{job}"
 JOB_SENT_KEY = REDIS_PREFIX + ":job:{job}:sent"  # "chunk:generation" -> 1, once sent
 JOB_DONE_KEY = REDIS_PREFIX + ":job:{job}:done"  # "chunk:generation" -> 1, once its part is written
 JOB_COUNTS_KEY = REDIS_PREFIX + ":job:{job}:counts"  # chunk -> {"ok", "failed", "models"}
+JOB_ERRORS_KEY = REDIS_PREFIX + ":job:{job}:errors"  # "chunk:generation" -> why it has no part
 JOBS_INDEX_KEY = REDIS_PREFIX + ":jobs"
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"
 

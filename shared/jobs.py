@@ -29,6 +29,7 @@ import redis
 from shared.constants import (
     JOB_COUNTS_KEY,
     JOB_DONE_KEY,
+    JOB_ERRORS_KEY,
     JOB_KEY,
     JOB_SENT_KEY,
     JOBS_INDEX_KEY,
@@ -84,8 +85,17 @@ end
 return 0
 """
 
-_INT_FIELDS = ("outstanding", "chunks", "images", "ok", "failed", "generation", "submitting",
-               "chunk_size")
+_RECORD_FAILURE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'stalled', 1)
+end
+redis.call('HSET', KEYS[1], 'last_error', ARGV[2], 'updated_at', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 0
+"""
+
+_INT_FIELDS = ("stalled", "outstanding", "chunks", "images", "ok", "failed", "generation",
+               "submitting", "chunk_size")
 _FLOAT_FIELDS = ("created_at", "updated_at", "finished_at")
 
 
@@ -119,8 +129,15 @@ class Job:
         return int(self.fields.get("ok", 0)) + int(self.fields.get("failed", 0))
 
     @property
+    def stalled(self) -> bool:
+        """Every chunk still outstanding failed for good (its part could not be written)."""
+        outstanding = int(self.fields.get("outstanding", 0))
+        return (self.fields.get("status") == RUNNING and not self.fields.get("submitting")
+                and 0 < outstanding <= int(self.fields.get("stalled", 0)))
+
+    @property
     def finished(self) -> bool:
-        return self.fields.get("status") in (DONE, CANCELLED)
+        return self.fields.get("status") in (DONE, CANCELLED) or self.stalled
 
 
 class JobStore:
@@ -132,6 +149,7 @@ class JobStore:
         self._mark_sent = client.register_script(_MARK_SENT)
         self._complete = client.register_script(_COMPLETE)
         self._end_submit = client.register_script(_END_SUBMIT)
+        self._record_failure = client.register_script(_RECORD_FAILURE)
 
     @classmethod
     def from_url(cls, url: str, ttl: int) -> JobStore:
@@ -162,7 +180,9 @@ class JobStore:
             raise PermanentError(
                 f"job {job} already exists with another source, model, output or chunk size: "
                 "choose another --job name, or resubmit exactly the same one to resume it")
-        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now})
+        # A resumed job sends its stalled chunks again: forget why they stalled.
+        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now, "stalled": 0})
+        self.redis.delete(JOB_ERRORS_KEY.format(job=job))
         return False
 
     def get(self, job: str) -> Job:
@@ -192,6 +212,12 @@ class JobStore:
         key, _, done, counts_key = self._keys(job)
         args = [f"{chunk}:{generation}", chunk, json.dumps(counts), time.time(), self.ttl]
         return bool(self._complete([key, done, counts_key], args))
+
+    def record_failure(self, job: str, chunk: int, generation: int, error: str) -> None:
+        """A chunk whose part could not be written, for good: `rstream status` shows it, and
+        resubmitting the job sends the chunk again."""
+        keys = [JOB_KEY.format(job=job), JOB_ERRORS_KEY.format(job=job)]
+        self._record_failure(keys, [f"{chunk}:{generation}", error[:500], time.time(), self.ttl])
 
     def end_submit(self, job: str) -> bool:
         """The producer has sent every chunk; True when that finished the job (all done)."""

@@ -8,6 +8,7 @@ URIs, and ``list`` gives back URIs in the same style as the prefix it was asked 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from shared.errors import AccessDeniedError, NotFoundError, PermanentError
+from shared.errors import AccessDeniedError, NotFoundError, PermanentError, TransientError
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -122,15 +123,18 @@ class LocalBackend(Backend):
         path = self.path(key)
         if path == self.root or path.is_dir():
             raise PermanentError(f"{self.uri(key)}: is a directory: name a file to write")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path(str(path.parent.relative_to(self.root)))  # a symlinked parent may lead out
-        if if_match is None and not if_none_match:
-            self._replace(path, data)
-            return
-        with open(self.root / ".rstream-cas.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self._check_precondition(key, path, if_match, if_none_match)
-            self._replace(path, data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.path(str(path.parent.relative_to(self.root)))  # a symlinked parent may lead out
+            if if_match is None and not if_none_match:
+                self._replace(path, data)
+                return
+            with open(self.root / ".rstream-cas.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._check_precondition(key, path, if_match, if_none_match)
+                self._replace(path, data)
+        except OSError as exc:
+            raise _os_error(exc, self.uri(key)) from exc
 
     def _check_precondition(self, key: str, path: Path, if_match: str | None,
                             if_none_match: bool) -> None:
@@ -188,6 +192,15 @@ class LocalBackend(Backend):
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+def _os_error(exc: OSError, uri: str) -> Exception:
+    """A full or failing disk may recover; any other OS refusal will not."""
+    if exc.errno in (errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EDQUOT):
+        return TransientError(f"{uri}: {exc.strerror}")
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(f"{uri}: {exc.strerror}")
+    return PermanentError(f"{uri}: {exc.strerror or exc}")
 
 
 class Storage:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared import results as result_lines
-from shared.errors import NotFoundError
+from shared.errors import NotFoundError, PermanentError
 from shared.jobs import CANCELLED, JobStore
 from shared.manifest import part_uri, write_manifest
 from shared.messages import ChunkMessage
@@ -35,14 +35,19 @@ class ChunkContext:
     jobs: JobStore
 
 
-def run_chunk(message: ChunkMessage, ctx: ChunkContext) -> dict[str, Any]:
-    """Score, write, record; returns a small summary for the task result and the logs."""
+def run_chunk(message: ChunkMessage, ctx: ChunkContext,
+              give_up: Exception | None = None) -> dict[str, Any]:
+    """Score, write, record; returns a small summary for the task result and the logs.
+
+    ``give_up`` (the last transient error, once retries are spent) writes an error line for
+    every URI instead of scoring, so the job still ends with one line per image.
+    """
     job = ctx.jobs.get(message.job)
     if job.fields["status"] == CANCELLED:
         return {"chunk": message.chunk, "skipped": "job cancelled"}
     if ctx.jobs.is_done(message.job, message.chunk, message.generation):
         return {"chunk": message.chunk, "skipped": "already done"}  # a redelivered duplicate
-    lines = ctx.engine.score(message.uris, message.model)
+    lines = _score(message, ctx) if give_up is None else _error_lines(message, give_up)
     assert len(lines) == len(message.uris), "one result line per URI"
     uri = part_uri(message.results, message.job, message.chunk)
     if message.generation > 0:
@@ -54,6 +59,18 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext) -> dict[str, Any]:
         logger.info("job %s done: %d ok, %d failed", message.job, manifest["ok"],
                     manifest["failed"])
     return {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"]}
+
+
+def _score(message: ChunkMessage, ctx: ChunkContext) -> list[dict[str, Any]]:
+    try:
+        return ctx.engine.score(message.uris, message.model)
+    except PermanentError as exc:  # the model cannot be resolved or loaded: no retry helps
+        logger.error("job %s chunk %d: %s", message.job, message.chunk, exc)
+        return _error_lines(message, exc)
+
+
+def _error_lines(message: ChunkMessage, exc: Exception) -> list[dict[str, Any]]:
+    return [result_lines.error_line(uri, exc) for uri in message.uris]
 
 
 def count_lines(lines: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from worker.device import resolve_device
 from worker.models import ModelRef, load_model
 from worker.predict import Predictor
 from worker.preprocess import Preprocessing, decode_image
+from worker.reload import ProductionTracker
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Engine:
         self._lock = threading.Lock()
         self._predictors: OrderedDict[str, Predictor] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
-        self._pointers: dict[str, tuple[str, float]] = {}  # name -> (version, checked at)
+        self._production = ProductionTracker(registry, settings.reload_interval,
+                                             self.predictor_for)
         logger.info("engine on %s, precision %s, batches of up to %d images",
                     self.device, settings.precision, settings.max_batch)
 
@@ -96,22 +98,16 @@ class Engine:
         return predictor
 
     def resolve_ref(self, ref: str) -> str:
-        """``ref`` with a registry ``NAME`` pinned to ``NAME@VERSION`` of production.
+        """``ref`` with a registry ``NAME`` pinned to the version to serve now.
 
-        The production pointer is read at most every ``reload_interval`` seconds per name.
+        A name follows its production pointer, read at most every ``reload_interval`` seconds;
+        a new version loads in the background and serves once loaded (see worker/reload.py).
         Other references come back unchanged.
         """
         parsed = ModelRef.parse(ref)
         if parsed.kind != "registry" or parsed.version:
             return ref.strip()
-        now = time.monotonic()
-        with self._lock:
-            cached = self._pointers.get(parsed.name)
-        if cached is None or now - cached[1] >= self.settings.reload_interval:
-            cached = (self.registry.production(parsed.name), now)
-            with self._lock:
-                self._pointers[parsed.name] = cached
-        return f"{parsed.name}@{cached[0]}"
+        return f"{parsed.name}@{self._production.version(parsed.name)}"
 
     def close(self) -> None:
         """Finish the work already submitted, then stop the threads."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from typing import Any
 
@@ -11,7 +12,7 @@ from celery import Celery, Task
 from celery.signals import worker_shutdown
 
 from shared.constants import FINETUNE_TASK, INFER_TASK
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.jobs import JobStore
 from shared.messages import ChunkMessage
 from shared.registry import Registry
@@ -59,11 +60,26 @@ def register(app: Celery, settings: Settings) -> ProcessState:
     """Add rstream's tasks to ``app``; returns the process state they share."""
     state = ProcessState(settings)
 
-    @app.task(name=INFER_TASK, bind=True, autoretry_for=RETRYABLE, retry_backoff=2,
-              retry_backoff_max=60, retry_jitter=True, max_retries=settings.task_max_retries)
+    @app.task(name=INFER_TASK, bind=True, max_retries=settings.task_max_retries)
     def infer_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         chunk = ChunkMessage.from_dict(message)
-        summary = run_chunk(chunk, state.context())
+        try:
+            summary = run_chunk(chunk, state.context())
+        except RETRYABLE as exc:
+            if self.request.retries < settings.task_max_retries:
+                delay = min(60.0, 2.0 ** self.request.retries) * random.uniform(0.5, 1.0)
+                logger.warning("job %s chunk %d: %s; retry in %.1f s", chunk.job, chunk.chunk,
+                               exc, delay)
+                raise self.retry(exc=exc, countdown=delay) from exc
+            logger.error("job %s chunk %d: %s after %d retries; writing error lines",
+                         chunk.job, chunk.chunk, exc, self.request.retries)
+            summary = run_chunk(chunk, state.context(), give_up=exc)
+        except PermanentError as exc:  # the part cannot be written (refused, no such bucket)
+            logger.exception("job %s chunk %d: its part cannot be written", chunk.job,
+                             chunk.chunk)
+            state.context().jobs.record_failure(chunk.job, chunk.chunk, chunk.generation,
+                                                f"{type(exc).__name__}: {exc}")
+            raise
         logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk, summary)
         return summary
 

@@ -25,6 +25,7 @@ from producer.cli import main as cli_main
 from producer.submit import Client, retry, submit
 from shared.celery_app import queue_keys
 from shared.constants import INFER_QUEUE, INFER_TASK
+from shared.errors import NotFoundError
 from shared.jobs import CANCELLED, DONE
 from shared.manifest import manifest_uri
 from shared.registry import Registry
@@ -274,3 +275,43 @@ def test_cancel_skips_queued_chunks(redis_server: str, tmp_path: Path) -> None:
     assert not list(client.storage.list(join(settings.results, job) + "/"))
     assert "job cancelled" in worker.log()
     assert client.jobs.get(job).processed == 0
+
+
+def test_unloadable_model_gives_every_image_an_error_line(env: tuple[Settings, str]) -> None:
+    settings, _ = env
+    client = Client(settings)
+    broken = save_tiny_model(settings)
+    name, _, version = broken.partition("@")
+    registry = Registry(client.storage, settings.models)
+    client.storage.write(registry.weights_uri(name, version), b"\x00" * 64)  # corrupt weights
+    prefix = f"unloadable-{uuid.uuid4().hex[:6]}/"
+    uris = [prefix + name for name, _ in good_images(20, seed=2)]
+    for uri, (_, blob) in zip(uris, good_images(20, seed=2), strict=True):
+        client.storage.write(uri, blob)
+    job = run_job(client, prefix, broken)
+    lines = assert_one_line_per_uri(client, job, uris)
+    assert {line["error"]["type"] for line in lines} == {"ModelError"}
+    assert "weights.safetensors" in lines[0]["error"]["message"]
+    assert client.jobs.get(job).failed == 20
+
+
+def test_submit_refuses_a_model_that_does_not_exist(env: tuple[Settings, str]) -> None:
+    settings, _ = env
+    with pytest.raises(NotFoundError, match="rstream models ls"):
+        submit(["a.jpg"], model="tiny@20990101T000000000000Z-dead", client=Client(settings))
+
+
+def test_a_part_that_cannot_be_written_stalls_the_job_visibly(env: tuple[Settings, str]) -> None:
+    settings, model = env
+    blocker = f"blocker-{uuid.uuid4().hex[:6]}"
+    Client(settings).storage.write(blocker, b"a file where a directory should be")
+    client = Client(Settings.from_env({}, **{**vars_of(settings),
+                                            "results": f"{blocker}/results"}))
+    prefix = f"stall-{uuid.uuid4().hex[:6]}/"
+    for name, blob in good_images(4, seed=1):
+        client.storage.write(prefix + name, blob)
+    job = submit(prefix, model=model, client=client)
+    final = monitor.wait(client.jobs, client.storage, job, show_progress=False,
+                         timeout_s=WAIT_S)
+    assert final.stalled and final.fields["stalled"] == 1
+    assert "Not a directory" in final.fields["last_error"]

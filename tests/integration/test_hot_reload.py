@@ -1,0 +1,77 @@
+"""A running worker picks up a newly promoted version between chunks, and refuses a bad one."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from producer import monitor
+from producer.submit import Client, submit
+from shared.registry import Registry
+from shared.samples import write_samples
+from shared.settings import Settings
+from shared.storage import Storage, join
+from tests.integration.test_pipeline import pipeline_settings
+from tests.integration.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def publish(settings: Settings, seed: int) -> str:
+    from worker.models import load_model, save_model
+
+    loaded = load_model(f"random:resnet18:classes=10:seed={seed}")
+    registry = Registry(Storage(settings), settings.models)
+    return save_model(registry, "hot", loaded.module, arch="resnet18", classes=loaded.classes,
+                      preprocessing=loaded.preprocessing)
+
+
+def versions_by_part(client: Client, job: str) -> dict[int, set[str]]:
+    parts: dict[int, set[str]] = defaultdict(set)
+    for line in monitor.results(client.jobs, client.storage, job):
+        chunk = int(line["uri"].rsplit("-", 1)[1].split(".")[0]) // 8
+        parts[chunk].add(line["model"])
+    return parts
+
+
+def test_worker_serves_a_new_promotion_without_restart_and_never_mixes_a_chunk(
+        redis_server: str, tmp_path: Path) -> None:
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/5", tmp_path / "root",
+                                 chunk_size=8, max_batch=8, reload_interval=0.2)
+    client = Client(settings)
+    client.jobs.redis.flushdb()
+    registry = Registry(client.storage, settings.models)
+    first = publish(settings, seed=1)
+    registry.promote("hot", first)
+    write_samples(client.storage, "photos/", 160, size=(320, 240), seed=4)
+    worker = WorkerProcess(settings, tmp_path / "worker.log", "hot").wait_ready()
+    try:
+        second = publish(settings, seed=2)
+        job = submit("photos/", model="hot", client=client)
+        parts = join(settings.results, job) + "/"
+        while not any(True for _ in client.storage.list(parts)):
+            time.sleep(0.02)
+        registry.promote("hot", second)
+        monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=240)
+
+        by_part = versions_by_part(client, job)
+        assert all(len(v) == 1 for v in by_part.values()), f"a chunk mixed versions: {by_part}"
+        served = set().union(*by_part.values())
+        assert served == {f"hot@{first}", f"hot@{second}"}, "lines before and after differ"
+
+        broken = publish(settings, seed=3)
+        client.storage.write(registry.weights_uri("hot", broken), b"not safetensors at all")
+        registry.promote("hot", broken)
+        time.sleep(0.5)  # past the reload interval: the worker tries the new pointer
+        after = submit("photos/", model="hot", client=client, job="after-broken")
+        monitor.wait(client.jobs, client.storage, after, show_progress=False, timeout_s=240)
+        served_after = {line["model"] for line in monitor.results(client.jobs, client.storage,
+                                                                   after)}
+        assert served_after == {f"hot@{second}"}, "the old version keeps serving"
+        assert client.jobs.get(after).failed == 0
+    finally:
+        worker.stop()
+    assert f"hot@{broken}" in worker.log() and "unreadable" in worker.log()

@@ -1,0 +1,87 @@
+"""Hot reload: which version of each registry model a serving process uses right now.
+
+A reference by name (``digits``) follows the production pointer, read at most every
+``reload_interval`` seconds. A newly promoted version loads on a background thread while the
+old one keeps serving; it is swapped in only once it has loaded. A version that fails to load
+(corrupt file, wrong architecture or class count, NaN weights) is logged once, remembered, and
+never served; the old version goes on. Because the engine resolves a version once per chunk,
+one chunk never mixes versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from shared.errors import RstreamError
+from shared.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+class ProductionTracker:
+    """The version to serve for each model name, following production off the serving path."""
+
+    def __init__(self, registry: Registry, interval_s: float,
+                 load: Callable[[str], object]) -> None:
+        self.registry = registry
+        self.interval_s = interval_s
+        self._load = load  # loads and caches "NAME@VERSION"; raises when it cannot
+        self._lock = threading.Lock()
+        self._serving: dict[str, str] = {}
+        self._checked: dict[str, float] = {}
+        self._loading: set[str] = set()
+        self._bad: set[str] = set()
+
+    def version(self, name: str) -> str:
+        """The version of ``name`` to serve now; the first call reads production inline."""
+        now = time.monotonic()
+        with self._lock:
+            current = self._serving.get(name)
+            if current is not None and now - self._checked.get(name, 0.0) < self.interval_s:
+                return current
+            self._checked[name] = now
+        try:
+            latest = self.registry.production(name)
+        except RstreamError as exc:
+            if current is None:
+                raise
+            logger.warning("cannot read the production pointer of %s (%s); still serving %s@%s",
+                           name, exc, name, current)
+            return current
+        if current is None:
+            with self._lock:
+                current = self._serving.setdefault(name, latest)
+            return current
+        if latest != current:
+            self._start_load(name, latest, current)
+        return current
+
+    def _start_load(self, name: str, version: str, serving: str) -> None:
+        key = f"{name}@{version}"
+        with self._lock:
+            if key in self._bad or key in self._loading:
+                return
+            self._loading.add(key)
+        logger.info("production of %s is now %s; loading it while %s@%s serves",
+                    name, version, name, serving)
+        threading.Thread(target=self._load_then_swap, args=(name, version, serving),
+                         name=f"rstream-reload-{name}", daemon=True).start()
+
+    def _load_then_swap(self, name: str, version: str, serving: str) -> None:
+        key = f"{name}@{version}"
+        try:
+            self._load(key)
+        except Exception as exc:
+            logger.error("cannot load %s, still serving %s@%s: %s", key, name, serving, exc)
+            with self._lock:
+                self._bad.add(key)
+        else:
+            with self._lock:
+                self._serving[name] = version
+            logger.info("now serving %s (was %s@%s)", key, name, serving)
+        finally:
+            with self._lock:
+                self._loading.discard(key)
