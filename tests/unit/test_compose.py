@@ -54,7 +54,7 @@ def test_every_setting_variable_exists(services: dict[str, Any]) -> None:
 
 
 def test_one_worker_per_gpu_with_its_reservation(services: dict[str, Any]) -> None:
-    workers = {n: s for n, s in services.items() if n.startswith("worker-gpu")}
+    workers = {n: s for n, s in services.items() if n.startswith(("worker-gpu", "trainer"))}
     assert len(workers) >= 1
     reserved = []
     for name, service in workers.items():
@@ -72,3 +72,12 @@ def test_redis_keeps_an_append_only_file_and_minio_gets_the_bucket(
         == "yes"
     bucket = services["worker-gpu0"]["environment"]["RSTREAM_ALLOWED_BUCKETS"]
     assert f"local/{bucket}" in " ".join(services["minio-init"]["command"])
+
+
+def test_trainer_consumes_the_train_queue_and_beat_schedules(services: dict[str, Any]) -> None:
+    trainer = services["trainer"]
+    assert "--train" in trainer["command"]
+    assert trainer["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == [
+        "gpu"]
+    assert services["beat"]["command"] == ["rstream", "beat"]
+    assert "RSTREAM_TRAIN_SCHEDULE" in services["beat"]["environment"]
