@@ -123,6 +123,9 @@ def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--epochs", type=int, help="default RSTREAM_TRAIN_EPOCHS")
     p.add_argument("--start", help="start from this model reference instead of production")
     p.add_argument("--force", action="store_true", help="train even if the data is unchanged")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="advanced: a training option, repeatable (e.g. --set resize=36 "
+                   "--set crop=32 --set batch_size=16)")
     p.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
     p.set_defaults(handler=_lazy("train_command"))
 

@@ -107,6 +107,8 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     options = {k: v for k, v in {"name": args.name, "mode": args.mode, "epochs": args.epochs,
                                  "start": args.start, "force": args.force or None}.items()
                if v is not None}
+    if args.set:
+        options["overrides"] = _training_options(args.set)
     runs = TrainRuns(client.jobs.redis)
     runs.update(run, status="queued", name=args.name or settings.train_model)
     client.app.send_task(FINETUNE_TASK, kwargs=options, queue=TRAIN_QUEUE, task_id=run)
@@ -116,6 +118,23 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     outcome = monitor.wait_training(runs, run, show_progress=True)
     _print_json(outcome)
     return 0 if outcome.get("status") in ("promoted", "trained", "skipped") else 1
+
+
+def _training_options(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs as training options; a VALUE that is not JSON is plain text.
+
+    The trainer checks the keys (it knows the training config; this side has no torch).
+    """
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r} is invalid: use KEY=VALUE, e.g. --set resize=36")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
 
 
 def models_ls_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -225,8 +225,13 @@ def _log_progress(epoch: int, step: int, loss: float) -> None:
 
 def run_finetune(settings: Settings, storage: Storage, registry: Registry, name: str,
                  config: TrainConfig, *, start_ref: str | None = None,
-                 progress: Progress = _log_progress, force: bool = False) -> dict[str, Any]:
-    """One fine-tuning run, end to end; a JSON-able summary of what happened and why."""
+                 base_ref: str | None = None, progress: Progress = _log_progress,
+                 force: bool = False) -> dict[str, Any]:
+    """One fine-tuning run, end to end; a JSON-able summary of what happened and why.
+
+    Training starts from ``start_ref``, else production, else ``base_ref`` (only while
+    ``name`` has no production version), else ImageNet weights.
+    """
     started = time.monotonic()
     items = datasets.list_labelled(storage, settings.train_data)
     data_print = datasets.fingerprint(items)
@@ -238,6 +243,7 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
         return {"status": "skipped", "name": name, "version": pointer["version"],
                 "reason": skip, "fingerprint": data_print}
     run = _Run(settings, storage, config, resolve_device(config.device), items)
+    start_ref = start_ref or (None if pointer else base_ref)
     production_eval, start = run.score_production(registry, name, pointer, start_ref)
     history, best, spec = run.train(start, progress)
     production_acc = production_eval["accuracy"] if production_eval else None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 
+from shared.errors import ConfigError
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -33,8 +35,8 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
     lock = TrainingLock(client, name, settings.train_lock_ttl)
     if not lock.acquire():
         outcome = {"status": "locked", "name": name,
-                   "reason": f"another fine-tune of {name} holds the lock (it expires in "
-                             f"{lock.expires_in():.0f} s without a heartbeat)"}
+                   "reason": f"another fine-tune of {name} holds the lock {lock.key} (it expires "
+                             f"in {lock.expires_in():.0f} s without a heartbeat)"}
         runs.update(run_id, **outcome)
         logger.info("%s", outcome["reason"])
         return outcome
@@ -42,7 +44,7 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
         config = TrainConfig(mode=mode or settings.train_mode,
                              epochs=epochs or settings.train_epochs,
                              device=settings.device, precision=settings.precision,
-                             **(overrides or {}))
+                             **_checked(overrides or {}, dataclasses.fields(TrainConfig)))
         runs.update(run_id, status="training", name=name, config=dataclasses.asdict(config))
 
         def progress(epoch: int, step: int, loss: float) -> None:
@@ -53,7 +55,7 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
 
         storage = Storage(settings)
         outcome = run_finetune(settings, storage, Registry(storage, settings.models), name,
-                               config, start_ref=start or settings.train_base or None,
+                               config, start_ref=start, base_ref=settings.train_base or None,
                                progress=progress, force=force)
     except Exception as exc:
         logger.exception("fine-tune of %s failed", name)
@@ -64,3 +66,15 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
         lock.release()
     runs.update(run_id, **outcome)
     return outcome
+
+
+def _checked(overrides: dict[str, Any], fields: Iterable[dataclasses.Field[Any]]
+             ) -> dict[str, Any]:
+    """``overrides`` when each names a training option that no setting already gives."""
+    given = {"mode", "epochs", "device", "precision"}  # settings and their own flags
+    known = sorted(f.name for f in fields if f.name not in given)
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(f"training option {unknown[0]!r} is unknown here: use one of "
+                          f"{', '.join(known)} (mode and epochs have their own flags)")
+    return overrides

@@ -7,22 +7,19 @@ reach the pinned validation accuracy, far above the untrained model's on the sam
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
 
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import make_settings
+from tests.digits import digit_pngs, render_digits
 from worker import datasets
 from worker.evaluation import evaluate
 from worker.finetune import TrainConfig, run_finetune
@@ -40,24 +37,6 @@ CONFIG = TrainConfig(mode="finetune", epochs=5, batch_size=32, resize=36, crop=3
 # so the floor sits under that spread, for CPUs whose rounding differs.
 ACCURACY_FLOOR = 0.75
 UNTRAINED_CEILING = 0.25  # ten classes: an untrained model is near chance (0.10)
-
-
-def digit_pngs(count: int) -> Iterator[tuple[str, bytes]]:
-    """The first ``count`` 8x8 digits as 32x32 PNG files: (``{digit}/{index}.png``, bytes)."""
-    digits = load_digits()
-    for i in range(count):
-        pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
-        image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG")
-        yield f"{digits.target[i]}/{i:04d}.png", buffer.getvalue()
-
-
-def render_digits(root: Path, count: int) -> None:
-    """The first ``count`` digits as PNG files in ``root/train/{digit}/``."""
-    for name, data in digit_pngs(count):
-        (root / "train" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "train" / name).write_bytes(data)
 
 
 @pytest.fixture(autouse=True)
