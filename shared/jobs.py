@@ -16,6 +16,7 @@ caller (worker or producer) whose atomic update makes it so is told to write the
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import time
@@ -25,6 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.constants import (
     JOB_COUNTS_KEY,
@@ -39,6 +42,7 @@ from shared.errors import ConfigError, NotFoundError, PermanentError
 JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
+RETRY_CAP_S = 2.0  # longest pause between two tries of a Redis call during an outage
 
 _MARK_SENT = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
@@ -152,8 +156,18 @@ class JobStore:
         self._record_failure = client.register_script(_RECORD_FAILURE)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int) -> JobStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5), ttl)
+    def from_url(cls, url: str, ttl: int, ride_out_s: float = 30.0) -> JobStore:
+        """A store on ``url`` whose calls ride out a Redis outage of about ``ride_out_s`` s.
+
+        Every update here is idempotent (HSETNX guards), so a call retried after a dropped
+        reply does not count anything twice.
+        """
+        retries = max(0, math.ceil(ride_out_s / RETRY_CAP_S))
+        client = redis.Redis.from_url(
+            url, socket_timeout=30, socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=0.2), retries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        return cls(client, ttl)
 
     def _keys(self, job: str) -> list[str]:
         return [k.format(job=job) for k in (JOB_KEY, JOB_SENT_KEY, JOB_DONE_KEY, JOB_COUNTS_KEY)]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -72,11 +73,10 @@ def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
 
 def run(settings: Settings, gpus: Sequence[str] | None = None, cpu: bool = False, *,
         queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False) -> int:
-    """Start the worker processes and wait for them; returns the worst exit status."""
+    """Start the worker processes and supervise them until SIGTERM; the worst exit status."""
     processes = plan(settings, gpus, cpu, queue=queue, concurrency=concurrency, one=one)
-    children = [subprocess.Popen(cmd, env=env) for cmd, env in processes]
-    logger.info("started %d worker process(es) on queue %s", len(children), queue)
-    return supervise(children)
+    logger.info("starting %d worker process(es) on queue %s", len(processes), queue)
+    return Supervisor(processes).run()
 
 
 def run_beat(settings: Settings) -> int:
@@ -84,17 +84,48 @@ def run_beat(settings: Settings) -> int:
     schedule = os.path.join(tempfile.gettempdir(), "rstream-celerybeat-schedule")
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "beat",
                "--loglevel", settings.log_level.upper(), "--schedule", schedule]
-    return supervise([subprocess.Popen(command, env={**os.environ, **settings.as_env()})])
+    return Supervisor([(command, {**os.environ, **settings.as_env()})]).run()
 
 
-def supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    """Wait for ``children``, passing SIGTERM and SIGINT on; returns the worst exit status."""
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        for child in children:
+class Supervisor:
+    """Runs processes, restarts any that dies, and passes SIGTERM and SIGINT on.
+
+    A worker can die without being asked: an out-of-memory kill, or Celery giving up after a
+    broker connection loss (a known kombu failure mode). Its chunks are redelivered after the
+    visibility timeout either way; restarting it (with a growing pause, at most
+    ``MAX_BACKOFF_S``) keeps the device serving without an operator.
+    """
+
+    MAX_BACKOFF_S = 30.0
+
+    def __init__(self, processes: Sequence[tuple[list[str], dict[str, str]]]) -> None:
+        self.processes = list(processes)
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.children = [subprocess.Popen(cmd, env=env) for cmd, env in self.processes]
+        backoff = [1.0] * len(self.children)
+        while not self.stopping:
+            for i, child in enumerate(self.children):
+                code = child.poll()
+                if code is None or self.stopping:
+                    continue
+                logger.error("worker process %d exited with %s; restarting it in %.0f s",
+                             child.pid, code, backoff[i])
+                time.sleep(backoff[i])
+                backoff[i] = min(self.MAX_BACKOFF_S, backoff[i] * 2)
+                if not self.stopping:
+                    cmd, env = self.processes[i]
+                    self.children[i] = subprocess.Popen(cmd, env=env)
+            time.sleep(0.5)
+        codes = [child.wait() for child in self.children]
+        return max(codes, key=abs) if codes else 0
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for child in self.children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)  # Celery's warm shutdown
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs) if codes else 0

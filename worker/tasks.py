@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import worker_shutdown
 
 from shared.constants import FINETUNE_TASK, INFER_TASK
@@ -56,6 +57,18 @@ class ProcessState:
                 self._context = None
 
 
+def _retry(task: Task, exc: Exception, delay: float) -> None:
+    """``task.retry``, except that a retry that cannot be published requeues the message.
+
+    Celery rejects a message without requeue when publishing its retry fails, which would
+    lose the chunk.
+    """
+    try:
+        task.retry(exc=exc, countdown=delay)
+    except Reject as reject:
+        raise Reject(reject.reason, requeue=True) from exc
+
+
 def register(app: Celery, settings: Settings) -> ProcessState:
     """Add rstream's tasks to ``app``; returns the process state they share."""
     state = ProcessState(settings)
@@ -66,11 +79,19 @@ def register(app: Celery, settings: Settings) -> ProcessState:
         try:
             summary = run_chunk(chunk, state.context())
         except RETRYABLE as exc:
+            if isinstance(exc, redis.RedisError):
+                # Redis is the broker too: a retry message could not be published, and Celery
+                # would drop the chunk (reject without requeue). Put it back instead; while
+                # Redis is down even that fails, and the unacked message is redelivered after
+                # the visibility timeout.
+                logger.warning("job %s chunk %d: Redis unreachable (%s); requeued", chunk.job,
+                               chunk.chunk, exc)
+                raise Reject(exc, requeue=True) from exc
             if self.request.retries < settings.task_max_retries:
                 delay = min(60.0, 2.0 ** self.request.retries) * random.uniform(0.5, 1.0)
                 logger.warning("job %s chunk %d: %s; retry in %.1f s", chunk.job, chunk.chunk,
                                exc, delay)
-                raise self.retry(exc=exc, countdown=delay) from exc
+                _retry(self, exc, delay)
             logger.error("job %s chunk %d: %s after %d retries; writing error lines",
                          chunk.job, chunk.chunk, exc, self.request.retries)
             summary = run_chunk(chunk, state.context(), give_up=exc)

@@ -16,10 +16,15 @@ READY_TIMEOUT_S = 90.0
 
 
 class WorkerProcess:
-    """One ``celery -A worker.app worker`` process with its log in a file."""
+    """One ``celery -A worker.app worker`` process with its log in a file.
+
+    ``supervised=True`` starts ``rstream worker --cpu`` instead: the launcher that restarts a
+    worker process that dies.
+    """
 
     def __init__(self, settings: Settings, log_path: Path, name: str, *, queue: str = "infer",
-                 concurrency: int = 2, extra_env: dict[str, str] | None = None) -> None:
+                 concurrency: int = 2, extra_env: dict[str, str] | None = None,
+                 supervised: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
         env.update(settings.as_env())
         env.update({"CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
@@ -27,11 +32,15 @@ class WorkerProcess:
         env.update(extra_env or {})
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queue,
-             "--pool", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queue,
+                   "--pool", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
+                   "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                   "--without-heartbeat"]
+        if supervised:
+            env["RSTREAM_CONCURRENCY"] = str(concurrency)
+            command = [sys.executable, "-m", "producer.cli", "worker", "--cpu"]
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
