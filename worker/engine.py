@@ -111,6 +111,7 @@ class Engine:
 
     def close(self) -> None:
         """Finish the work already submitted, then stop the threads."""
+        self._production.close()
         self._pool.shutdown(wait=True)
         self.batcher.close()
 

@@ -1,8 +1,10 @@
 """Hot reload: which version of each registry model a serving process uses right now.
 
 A reference by name (``digits``) follows the production pointer, read at most every
-``reload_interval`` seconds. A newly promoted version loads on a background thread while the
-old one keeps serving; it is swapped in only once it has loaded. A version that fails to load
+``reload_interval`` seconds: when a chunk asks, and by a watcher thread while the worker is
+idle, so the first job after a promotion already gets the new version. A newly promoted
+version loads on a background thread while the old one keeps serving; it is swapped in only
+once it has loaded. A version that fails to load
 (corrupt file, wrong architecture or class count, NaN weights) is logged once, remembered, and
 never served; the old version goes on. Because the engine resolves a version once per chunk,
 one chunk never mixes versions.
@@ -34,6 +36,8 @@ class ProductionTracker:
         self._checked: dict[str, float] = {}
         self._loading: set[str] = set()
         self._bad: set[str] = set()
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def version(self, name: str) -> str:
         """The version of ``name`` to serve now; the first call reads production inline."""
@@ -54,10 +58,33 @@ class ProductionTracker:
         if current is None:
             with self._lock:
                 current = self._serving.setdefault(name, latest)
+            self._watch()
             return current
         if latest != current:
             self._start_load(name, latest, current)
         return current
+
+    def close(self) -> None:
+        """Stop the watcher thread."""
+        self._closed.set()
+
+    def _watch(self) -> None:
+        with self._lock:
+            if self._watcher is not None or self.interval_s <= 0:
+                return
+            self._watcher = threading.Thread(target=self._watch_loop, name="rstream-reload",
+                                             daemon=True)
+        self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while not self._closed.wait(self.interval_s):
+            with self._lock:
+                names = list(self._serving)
+            for name in names:
+                try:
+                    self.version(name)
+                except Exception:  # the next chunk will see and report the same problem
+                    logger.exception("checking the production pointer of %s failed", name)
 
     def _start_load(self, name: str, version: str, serving: str) -> None:
         key = f"{name}@{version}"
