@@ -18,7 +18,7 @@ started_redis=""
 if ! bash scripts/redis.sh ensure 2>/tmp/rstream-demo-redis.log; then
     cat /tmp/rstream-demo-redis.log >&2; exit 1
 fi
-grep -q "started redis-server" /tmp/rstream-demo-redis.log && started_redis=1
+if grep -q "started redis-server" /tmp/rstream-demo-redis.log; then started_redis=1; fi
 
 log="$RSTREAM_STORAGE_ROOT/demo-worker.log"
 mkdir -p "$RSTREAM_STORAGE_ROOT"
@@ -26,7 +26,7 @@ rstream worker --concurrency 2 >"$log" 2>&1 &
 worker=$!
 cleanup() {
     kill -TERM "$worker" 2>/dev/null && wait "$worker" 2>/dev/null || true
-    [ -n "$started_redis" ] && bash scripts/redis.sh stop
+    if [ -n "$started_redis" ]; then bash scripts/redis.sh stop; fi
 }
 trap cleanup EXIT
 
