@@ -15,10 +15,12 @@ export RSTREAM_MODEL="${RSTREAM_MODEL:-random:resnet18}"
 export RSTREAM_REDIS_URL="${RSTREAM_REDIS_URL:-redis://127.0.0.1:6379/0}"
 
 started_redis=""
-if ! bash scripts/redis.sh ensure 2>/tmp/rstream-demo-redis.log; then
-    cat /tmp/rstream-demo-redis.log >&2; exit 1
+redis_log=$(mktemp)
+if ! bash scripts/redis.sh ensure 2>"$redis_log"; then
+    cat "$redis_log" >&2; exit 1
 fi
-if grep -q "started redis-server" /tmp/rstream-demo-redis.log; then started_redis=1; fi
+cat "$redis_log" >&2
+if grep -q "started redis-server" "$redis_log"; then started_redis=1; fi
 
 log="$RSTREAM_STORAGE_ROOT/demo-worker.log"
 mkdir -p "$RSTREAM_STORAGE_ROOT"
@@ -26,7 +28,7 @@ rstream worker --concurrency 2 >"$log" 2>&1 &
 worker=$!
 cleanup() {
     kill -TERM "$worker" 2>/dev/null && wait "$worker" 2>/dev/null || true
-    if [ -n "$started_redis" ]; then bash scripts/redis.sh stop; fi
+    if [ -n "$started_redis" ]; then bash scripts/redis.sh stop && echo "stopped the redis-server it started" >&2; fi
 }
 trap cleanup EXIT
 
