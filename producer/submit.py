@@ -9,7 +9,6 @@ from itertools import islice
 
 from celery import Celery
 
-from producer.sources import iter_uris
 from shared import results as result_lines
 from shared.celery_app import make_app, queue_keys
 from shared.constants import INFER_QUEUE, INFER_TASK
@@ -19,6 +18,7 @@ from shared.manifest import part_uri, write_manifest
 from shared.messages import ChunkMessage
 from shared.registry import Registry
 from shared.settings import Settings
+from shared.sources import iter_uris
 from shared.storage import Storage
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from shared.errors import ConfigError
 from shared.registry import Registry
 from shared.results import Line, encode
 from shared.settings import Settings
+from shared.sources import manifest
 from shared.storage import Storage
 from worker.engine import Engine
 from worker.models import ModelRef
@@ -97,23 +97,8 @@ def open_source(source: str, settings: Settings) -> tuple[Storage, Iterator[str]
         return storage, storage.list(folder.rstrip("/") + "/")
     storage = Storage(settings)
     if os.path.isfile(source):
-        return storage, _list_file(source)
+        return storage, manifest(source, storage)
     return storage, storage.list(source)
-
-
-def _list_file(path: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as lines:
-        for number, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("{"):
-                try:
-                    line = str(json.loads(line)["uri"])
-                except (ValueError, KeyError, TypeError):
-                    raise ConfigError(f"{path}:{number}: a JSON line needs a \"uri\" field: "
-                                      "use one URI per line or {\"uri\": ...} objects") from None
-            yield line
 
 
 def score_stream(engine: Engine, uris: Iterable[str], ref: str, out: IO[bytes],

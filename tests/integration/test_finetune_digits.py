@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from worker.finetune import TrainConfig, run_finetune
 from worker.models import load_model
 from worker.preprocess import Preprocessing
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 logger = logging.getLogger(__name__)
 
 START = "random:resnet18:classes=10:seed=0"
@@ -38,14 +37,6 @@ CONFIG = TrainConfig(mode="finetune", epochs=5, batch_size=32, resize=36, crop=3
 ACCURACY_FLOOR = 0.75
 UNTRAINED_CEILING = 0.25  # ten classes: an untrained model is near chance (0.10)
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the same numbers on any machine, and no oversubscribed cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_finetune_from_random_init_learns_the_digits(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from producer.submit import Client, submit
 from shared.samples import write_samples
 from shared.storage import join
 from tests.conftest import _redis_answers, free_port, service_unavailable
-from tests.integration.test_pipeline import pipeline_settings
+from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
 from tests.integration.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -96,10 +95,7 @@ def test_redis_killed_and_restarted_mid_job_loses_no_image(
             monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=120)
     finally:
         worker.stop()
-    lines = list(monitor.results(client.jobs, client.storage, job))
-    seen = Counter(line["uri"] for line in lines)
-    assert sorted(seen) == sorted(uris)
-    assert set(seen.values()) == {1}
+    assert_one_line_per_uri(client, job, uris)
     record = client.jobs.get(job)
     assert (record.ok, record.failed, record.images) == (96, 0, 96)
     assert client.storage.exists(join(settings.results, job, "manifest.json"))

@@ -13,14 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import torch
 
 from producer import monitor
 from producer.submit import Client, submit
@@ -35,21 +33,13 @@ from tests.integration.test_pipeline import pipeline_settings
 from tests.integration.workers import REPO, WorkerProcess
 from worker.trainer import train_once
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 START = "random:resnet18:classes=10:seed=0"
 TINY = {"resize": 36, "crop": 32, "batch_size": 32, "val_percent": 25, "seed": 0}
 LOCK = TRAIN_LOCK_KEY.format(name="digits")
 PROBES = "incoming/"  # eight digits that jobs score, one chunk each
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread for the in-process runs: two cores are shared with workers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def database(redis_server: str, number: int) -> str:

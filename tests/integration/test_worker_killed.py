@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from producer.submit import Client, submit
 from shared.constants import INFER_TASK
 from shared.samples import write_samples
 from shared.storage import join
-from tests.integration.test_pipeline import pipeline_settings
+from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
 from tests.integration.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -43,10 +42,7 @@ def test_killed_worker_loses_no_image_and_reports_none_twice(
         monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=180)
     finally:
         second.stop()
-    lines = list(monitor.results(client.jobs, client.storage, job))
-    seen = Counter(line["uri"] for line in lines)
-    assert sorted(seen) == sorted(uris)
-    assert set(seen.values()) == {1}
+    assert_one_line_per_uri(client, job, uris)
     record = client.jobs.get(job)
     assert (record.ok, record.failed, record.images) == (120, 0, 120)
     in_flight = tasks(first.log(), "received") - tasks(first.log(), "succeeded")

@@ -34,6 +34,8 @@ TINTS = {"blue": (0.25, 0.25, 1.0), "red": (1.0, 0.25, 0.25)}
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "flower")
 PER_CLASS = 16
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def render_tints(root: Path) -> None:
     """PER_CLASS photos per tint, 40-64 px wide, as PNG files in ``root/train/{tint}/``."""
@@ -44,15 +46,6 @@ def render_tints(root: Path) -> None:
             rgb = photo(PHOTOS[i % len(PHOTOS)], (40 + 8 * (i // len(PHOTOS)), 40)).convert("RGB")
             pixels = np.asarray(rgb, dtype=np.float32) * np.array(tint, dtype=np.float32)
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """One intra-op thread: the same numbers on any machine, and no oversubscribed cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""Where a job's URIs come from: a storage prefix, a manifest file, or a list. All streamed."""
+"""Where URIs come from: a storage prefix, a manifest file, or a list; all streamed.
+
+Used by `rstream submit` and `rstream score` alike."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def iter_uris(source: str | Iterable[str], storage: Storage) -> Iterator[str]:
         yield from (str(u) for u in source)
         return
     if source.endswith(MANIFEST_SUFFIXES):
-        yield from _manifest(source, storage)
+        yield from manifest(source, storage)
         return
     prefix = source
     backend, key = storage.resolve(source)
@@ -33,7 +35,8 @@ def iter_uris(source: str | Iterable[str], storage: Storage) -> Iterator[str]:
     yield from storage.list(prefix)
 
 
-def _manifest(source: str, storage: Storage) -> Iterator[str]:
+def manifest(source: str, storage: Storage) -> Iterator[str]:
+    """The URIs in a manifest file, on local disk or in storage, lazily where it is local."""
     if os.path.isfile(source):
         with open(source, encoding="utf-8") as lines:
             yield from _manifest_lines(lines, source)
@@ -52,5 +55,6 @@ def _manifest_lines(lines: Iterable[str], source: str) -> Iterator[str]:
                 line = str(json.loads(line)["uri"])
             except (ValueError, KeyError, TypeError):
                 raise PermanentError(
-                    f"{source}:{number}: a JSON line needs a \"uri\" field") from None
+                    f"{source}:{number}: a JSON line needs a \"uri\" field: use one URI per "
+                    "line or {\"uri\": ...} objects") from None
         yield line
