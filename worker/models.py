@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -143,7 +144,12 @@ def _load_torchvision(ref: ModelRef) -> LoadedModel:
             f"torchvision:{ref.arch}:{weights.name} needs the file {filename} in "
             f"{os.path.dirname(path)} (rstream never downloads weights): copy it there from a "
             "machine that has it, or set TORCH_HOME to a directory whose checkpoints/ holds it")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: tensors and plain containers, never an arbitrary object's code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not plain weights, refused without unpickling it ({first}): "
+                         "replace the file with torchvision's own") from None
     module = build(ref.arch, len(weights.meta["categories"]))
     module.load_state_dict(state)
     transform = weights.transforms()
