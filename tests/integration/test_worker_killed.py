@@ -1,4 +1,4 @@
-"""A worker SIGKILLed mid-job: another worker finishes it, one line per URI, none twice."""
+"""A worker SIGKILLed or SIGTERMed mid-job: another one finishes, one line per URI, none twice."""
 
 from __future__ import annotations
 
@@ -54,3 +54,29 @@ def test_killed_worker_loses_no_image_and_reports_none_twice(
 def tasks(log: str, event: str) -> set[str]:
     """Task ids that a worker log says were ``received`` or ``succeeded``."""
     return set(re.findall(rf"Task {re.escape(INFER_TASK)}\[([^\]]+)\] {event}", log))
+
+
+def test_sigterm_finishes_running_chunks_and_returns_the_rest(
+        redis_server: str, tmp_path: Path) -> None:
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/9", tmp_path / "root",
+                                 chunk_size=8, task_time_limit=10, visibility_timeout=12,
+                                 max_batch=8)
+    client = Client(settings)
+    client.jobs.redis.flushdb()
+    uris = write_samples(client.storage, "photos/", 120, seed=12)
+    first = WorkerProcess(settings, tmp_path / "first.log", "first").wait_ready()
+    job = submit("photos/", model="random:resnet18:classes=10", client=client)
+    parts = join(settings.results, job) + "/"
+    while not any(True for _ in client.storage.list(parts)):
+        time.sleep(0.05)
+    assert first.stop() == 0, "a warm shutdown exits cleanly"
+    finished = tasks(first.log(), "succeeded")
+    assert tasks(first.log(), "received") <= finished, "every chunk it started, it finished"
+    assert client.jobs.get(job).fields["status"] == "running"
+    second = WorkerProcess(settings, tmp_path / "second.log", "second").wait_ready()
+    try:
+        monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=180)
+    finally:
+        second.stop()
+    assert_one_line_per_uri(client, job, uris)
+    assert not finished & tasks(second.log(), "received"), "nothing was done twice"
