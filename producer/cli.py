@@ -49,12 +49,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker import launcher
 
     gpus = launcher.parse_gpus(args.gpus) if args.gpus else None
+    if args.per_gpu < 1:
+        raise ConfigError(f"--per-gpu {args.per_gpu} is invalid: use 1 or more")
     if args.train and gpus and len(gpus) > 1:
         raise ConfigError("--train runs one trainer: give it one GPU (--gpus 0)")
     return launcher.run(settings, gpus=gpus[:1] if args.train and gpus else gpus, cpu=args.cpu,
                         queue=TRAIN_QUEUE if args.train else INFER_QUEUE,
                         concurrency=1 if args.train else args.concurrency,
-                        one=args.train)
+                        one=args.train, per_gpu=args.per_gpu)
 
 
 def _beat(args: argparse.Namespace, settings: Settings) -> int:
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="one worker on the CPU, even with GPUs")
     p.add_argument("--concurrency", type=int, help="chunk tasks per process "
                    "(default RSTREAM_CONCURRENCY)")
+    p.add_argument("--per-gpu", type=int, default=1, metavar="N",
+                   help="worker processes per GPU (more decode in parallel; default 1)")
     p.add_argument("--train", action="store_true",
                    help="run the trainer instead: one process on the train queue")
     p.set_defaults(handler=_worker)

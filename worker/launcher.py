@@ -52,9 +52,14 @@ def worker_command(settings: Settings, queue: str, concurrency: int, name: str) 
 
 
 def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
-         queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False
-         ) -> list[tuple[list[str], dict[str, str]]]:
-    """The (command, environment) of each worker process to start; ``one``: a single process."""
+         queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False,
+         per_gpu: int = 1) -> list[tuple[list[str], dict[str, str]]]:
+    """The (command, environment) of each worker process to start; ``one``: a single process.
+
+    ``per_gpu`` > 1 starts several processes on each GPU: image decoding runs in Python
+    threads, so one process decodes on about one core's worth of the GIL, far below what a
+    GPU can score; more processes decode in parallel, each with its own copy of the model.
+    """
     concurrency = concurrency or settings.concurrency
     devices = [] if cpu else list(gpus if gpus is not None else detect_gpus())
     devices = devices[:1] if one else devices
@@ -66,15 +71,18 @@ def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
     for gpu in devices:
         # The child sees exactly one GPU, as cuda:0.
         env = {**base, "CUDA_VISIBLE_DEVICES": gpu, "RSTREAM_DEVICE": "cuda"}
-        procs.append((worker_command(settings, queue, concurrency, f"rstream-{queue}-gpu{gpu}"),
-                      env))
+        for n in range(1 if one else per_gpu):
+            name = f"rstream-{queue}-gpu{gpu}" + (f"-{n}" if per_gpu > 1 else "")
+            procs.append((worker_command(settings, queue, concurrency, name), env))
     return procs
 
 
 def run(settings: Settings, gpus: Sequence[str] | None = None, cpu: bool = False, *,
-        queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False) -> int:
+        queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False,
+        per_gpu: int = 1) -> int:
     """Start the worker processes and supervise them until SIGTERM; the worst exit status."""
-    processes = plan(settings, gpus, cpu, queue=queue, concurrency=concurrency, one=one)
+    processes = plan(settings, gpus, cpu, queue=queue, concurrency=concurrency, one=one,
+                     per_gpu=per_gpu)
     logger.info("starting %d worker process(es) on queue %s", len(processes), queue)
     return Supervisor(processes).run()
 

@@ -1,0 +1,73 @@
+"""rstream worker: which processes it starts, with which devices, and that it restarts them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.errors import ConfigError
+from tests.conftest import make_settings
+from worker.launcher import parse_gpus, plan
+
+
+def test_without_gpus_one_cpu_worker_sees_no_cuda() -> None:
+    [(command, env)] = plan(make_settings(concurrency=3), gpus=[], cpu=False)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["RSTREAM_DEVICE"] == "cpu"
+    assert command[command.index("-Q") + 1] == "infer"
+    assert command[command.index("-c") + 1] == "3"
+    assert command[command.index("--pool") + 1] == "threads"
+
+
+def test_one_process_per_gpu_each_seeing_only_its_own() -> None:
+    procs = plan(make_settings(), gpus=["0", "1"], cpu=False)
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in procs] == ["0", "1"]
+    assert {env["RSTREAM_DEVICE"] for _, env in procs} == {"cuda"}
+    names = [command[command.index("-n") + 1] for command, _ in procs]
+    assert len(set(names)) == 2
+
+
+def test_several_processes_per_gpu_and_a_single_trainer() -> None:
+    procs = plan(make_settings(), gpus=["0", "1"], cpu=False, per_gpu=2)
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in procs] == ["0", "0", "1", "1"]
+    assert len({command[command.index("-n") + 1] for command, _ in procs}) == 4
+    trainer = plan(make_settings(), gpus=["0", "1"], cpu=False, queue="train", one=True,
+                   concurrency=1, per_gpu=2)
+    assert len(trainer) == 1 and trainer[0][0][trainer[0][0].index("-Q") + 1] == "train"
+
+
+def test_cpu_flag_wins_over_gpus() -> None:
+    [(_, env)] = plan(make_settings(), gpus=["0"], cpu=True)
+    assert env["RSTREAM_DEVICE"] == "cpu"
+
+
+@pytest.mark.parametrize("text", ["", "a", "0,x", "-1"])
+def test_bad_gpu_lists_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--gpus"):
+        parse_gpus(text)
+
+
+def test_a_process_that_dies_is_restarted_until_sigterm(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    child = f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"
+    script = textwrap.dedent(f"""
+        import logging, sys
+        logging.basicConfig(level=logging.INFO)
+        from worker.launcher import Supervisor
+        Supervisor.MAX_BACKOFF_S = 0.2
+        sys.exit(Supervisor([([sys.executable, "-c", {child!r}], {{}})]).run())
+    """)
+    supervisor = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                                  text=True)
+    deadline = time.monotonic() + 20
+    while (not starts.exists() or len(starts.read_text()) < 3) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    supervisor.send_signal(signal.SIGTERM)
+    _, log = supervisor.communicate(timeout=20)
+    assert len(starts.read_text()) >= 3, "the dead worker was started again, more than once"
+    assert "exited with 3; restarting it" in log
