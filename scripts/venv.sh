@@ -2,7 +2,7 @@
 # Creates (or reuses) the project's virtual environment and installs rstream into it.
 # The venv is keyed on pyproject.toml's dependency lists, so a dependency change builds a new
 # one and an unchanged project reuses the last. Prints the venv's path on stdout.
-# Usage: scripts/venv.sh [EXTRAS]      e.g. scripts/venv.sh dev
+# Usage: scripts/venv.sh [EXTRAS]      e.g. scripts/venv.sh dev   (VENV_DIR overrides the path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -15,7 +15,7 @@ deps = {"deps": project["dependencies"], "extras": project.get("optional-depende
 print(hashlib.sha256(repr(deps).encode()).hexdigest()[:16])
 PY
 )
-venv="${RSTREAM_CI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/rstream/venv-$key}"
+venv="${VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rstream/venv-$key}"
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
