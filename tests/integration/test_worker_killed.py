@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from producer import monitor
 from producer.submit import Client, submit
 from shared.constants import INFER_TASK
 from shared.samples import write_samples
+from shared.settings import Settings
 from shared.storage import join
 from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
 from tests.integration.workers import WorkerProcess
@@ -19,15 +21,26 @@ from tests.integration.workers import WorkerProcess
 pytestmark = pytest.mark.integration
 
 
-def test_killed_worker_loses_no_image_and_reports_none_twice(
-        redis_server: str, tmp_path: Path) -> None:
-    # Database 2 and a short visibility timeout: the dead worker's chunks come back in seconds.
-    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/2", tmp_path / "root",
+@dataclass
+class Running:
+    """A job of 120 photos whose first part is written, on one worker process."""
+
+    settings: Settings
+    client: Client
+    uris: list[str]
+    job: str
+    first: WorkerProcess
+
+
+def start_job(redis_server: str, tmp_path: Path, db: int, seed: int) -> Running:
+    # A database of its own and a short visibility timeout: a dead worker's chunks come back
+    # in seconds.
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + f"/{db}", tmp_path / "root",
                                  chunk_size=8, task_time_limit=10, visibility_timeout=12,
                                  max_batch=8)
     client = Client(settings)
     client.jobs.redis.flushdb()
-    uris = write_samples(client.storage, "photos/", 120, seed=11)
+    uris = write_samples(client.storage, "photos/", 120, seed=seed)
     first = WorkerProcess(settings, tmp_path / "first.log", "first").wait_ready()
     job = submit("photos/", model="random:resnet18:classes=10", client=client)
     parts = join(settings.results, job) + "/"
@@ -35,14 +48,27 @@ def test_killed_worker_loses_no_image_and_reports_none_twice(
     while not any(True for _ in client.storage.list(parts)):
         assert time.monotonic() < deadline, first.log()[-3000:]
         time.sleep(0.05)
-    first.kill()
-    assert client.jobs.get(job).fields["status"] == "running", "killed before the job ended"
-    second = WorkerProcess(settings, tmp_path / "second.log", "second").wait_ready()
+    return Running(settings, client, uris, job, first)
+
+
+def finish_on_a_second_worker(run: Running, tmp_path: Path) -> WorkerProcess:
+    second = WorkerProcess(run.settings, tmp_path / "second.log", "second").wait_ready()
     try:
-        monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=180)
+        monitor.wait(run.client.jobs, run.client.storage, run.job, show_progress=False,
+                     timeout_s=180)
     finally:
         second.stop()
-    assert_one_line_per_uri(client, job, uris)
+    assert_one_line_per_uri(run.client, run.job, run.uris)
+    return second
+
+
+def test_killed_worker_loses_no_image_and_reports_none_twice(
+        redis_server: str, tmp_path: Path) -> None:
+    run = start_job(redis_server, tmp_path, db=2, seed=11)
+    settings, client, job, first = run.settings, run.client, run.job, run.first
+    first.kill()
+    assert client.jobs.get(job).fields["status"] == "running", "killed before the job ended"
+    second = finish_on_a_second_worker(run, tmp_path)
     record = client.jobs.get(job)
     assert (record.ok, record.failed, record.images) == (120, 0, 120)
     in_flight = tasks(first.log(), "received") - tasks(first.log(), "succeeded")
@@ -58,25 +84,11 @@ def tasks(log: str, event: str) -> set[str]:
 
 def test_sigterm_finishes_running_chunks_and_returns_the_rest(
         redis_server: str, tmp_path: Path) -> None:
-    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/9", tmp_path / "root",
-                                 chunk_size=8, task_time_limit=10, visibility_timeout=12,
-                                 max_batch=8)
-    client = Client(settings)
-    client.jobs.redis.flushdb()
-    uris = write_samples(client.storage, "photos/", 120, seed=12)
-    first = WorkerProcess(settings, tmp_path / "first.log", "first").wait_ready()
-    job = submit("photos/", model="random:resnet18:classes=10", client=client)
-    parts = join(settings.results, job) + "/"
-    while not any(True for _ in client.storage.list(parts)):
-        time.sleep(0.05)
+    run = start_job(redis_server, tmp_path, db=9, seed=12)
+    first = run.first
     assert first.stop() == 0, "a warm shutdown exits cleanly"
     finished = tasks(first.log(), "succeeded")
     assert tasks(first.log(), "received") <= finished, "every chunk it started, it finished"
-    assert client.jobs.get(job).fields["status"] == "running"
-    second = WorkerProcess(settings, tmp_path / "second.log", "second").wait_ready()
-    try:
-        monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=180)
-    finally:
-        second.stop()
-    assert_one_line_per_uri(client, job, uris)
+    assert run.client.jobs.get(run.job).fields["status"] == "running"
+    second = finish_on_a_second_worker(run, tmp_path)
     assert not finished & tasks(second.log(), "received"), "nothing was done twice"
