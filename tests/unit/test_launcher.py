@@ -41,6 +41,18 @@ def test_several_processes_per_gpu_and_a_single_trainer() -> None:
     assert len(trainer) == 1 and trainer[0][0][trainer[0][0].index("-Q") + 1] == "train"
 
 
+def test_processes_sharing_a_machine_split_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    procs = plan(make_settings(), gpus=["0", "1"], cpu=False, per_gpu=2)
+    assert {env["OMP_NUM_THREADS"] for _, env in procs} == {"4"}
+    [(_, alone)] = plan(make_settings(), gpus=["0"], cpu=False)
+    assert "OMP_NUM_THREADS" not in alone, "one process keeps torch's default"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert {env["OMP_NUM_THREADS"] for _, env in plan(
+        make_settings(), gpus=["0"], cpu=False, per_gpu=4)} == {"2"}, "the user's value wins"
+
+
 def test_cpu_flag_wins_over_gpus() -> None:
     [(_, env)] = plan(make_settings(), gpus=["0"], cpu=True)
     assert env["RSTREAM_DEVICE"] == "cpu"
