@@ -183,6 +183,12 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any still fail")
     p.set_defaults(handler=_lazy("retry_command"))
 
+    p = commands.add_parser("resume", help="send again a stuck job's chunks that are not done")
+    p.add_argument("job")
+    p.add_argument("--wait", action="store_true", help="wait for the job")
+    p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
+    p.set_defaults(handler=_lazy("resume_command"))
+
     p = commands.add_parser("jobs", help="recent jobs, newest first")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(handler=_lazy("jobs_command"))

@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 from producer import monitor
-from producer.submit import Client, retry, submit
+from producer.submit import Client, resume, retry, submit
 from shared.errors import ConfigError
 from shared.jobs import DONE
 from shared.settings import Settings
@@ -40,10 +40,13 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"job {args.job}: {fields['status']}  {state.job.processed}/{fields['images']} images "
           f"({fields['ok']} ok, {fields['failed']} failed)  {state.rate:.1f} img/s  ETA {eta}")
     print(f"model {fields['model']}  results {fields['results']}/{args.job}/")
+    hint = monitor.stuck_reason(client.jobs, args.job, settings.visibility_timeout + 60)
+    if hint:
+        print(hint)
     if fields.get("stalled"):
         print(f"{fields['stalled']} chunk(s) could not write their part; last error: "
-              f"{fields.get('last_error')}. Fix it, then resubmit the job with the same "
-              "arguments to send them again.")
+              f"{fields.get('last_error')}. Fix it, then send them again with "
+              f"`rstream resume {args.job}`.")
     return 0
 
 
@@ -75,6 +78,15 @@ def results_command(args: argparse.Namespace, settings: Settings) -> int:
 def cancel_command(args: argparse.Namespace, settings: Settings) -> int:
     job = Client(settings).jobs.cancel(args.job)
     print(f"job {args.job}: {job.fields['status']}")
+    return 0
+
+
+def resume_command(args: argparse.Namespace, settings: Settings) -> int:
+    client = Client(settings)
+    sent = resume(args.job, client=client)
+    print(f"job {args.job}: sent {sent} chunk(s) that were not done")
+    if args.wait:
+        return _wait(client, args.job, args.strict)
     return 0
 
 

@@ -11,8 +11,9 @@ from typing import Any
 from tqdm import tqdm
 
 from shared import results as result_lines
-from shared.constants import PART_NAME
-from shared.jobs import DONE, Job, JobStore
+from shared.celery_app import queued
+from shared.constants import INFER_QUEUE, PART_NAME
+from shared.jobs import DONE, RUNNING, Job, JobStore
 from shared.manifest import manifest_uri, write_manifest
 from shared.storage import Storage, join
 from shared.training import FINISHED, TrainRuns
@@ -40,6 +41,23 @@ def status(store: JobStore, job_id: str) -> Status:
     remaining = int(job.fields.get("images", 0)) - job.processed
     eta = remaining / rate if rate > 0 and not job.finished else None
     return Status(job, rate, eta)
+
+
+def stuck_reason(store: JobStore, job_id: str, idle_after_s: float) -> str | None:
+    """Why a running job looks stuck, or None: chunks outstanding, none queued, and no chunk
+    finished for ``idle_after_s`` seconds. Either no worker runs, or a chunk message was lost
+    (a Redis crash can lose one); ``rstream resume`` sends the missing chunks again."""
+    job = store.get(job_id)
+    fields = job.fields
+    if fields.get("status") != RUNNING or fields.get("submitting") or job.stalled:
+        return None
+    idle = time.time() - float(fields.get("updated_at") or fields["created_at"])
+    waiting = queued(store.redis, INFER_QUEUE)
+    if int(fields.get("outstanding", 0)) <= 0 or waiting or idle < idle_after_s:
+        return None
+    return (f"job {job_id}: no chunk finished for {idle:.0f} s, {fields['outstanding']} "
+            "chunk(s) outstanding and none queued: check that a worker runs (rstream worker), "
+            f"then send the missing chunks again with `rstream resume {job_id}`")
 
 
 def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool = True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -10,7 +11,7 @@ from itertools import islice
 from celery import Celery
 
 from shared import results as result_lines
-from shared.celery_app import make_app, queue_keys
+from shared.celery_app import make_app, queued
 from shared.constants import INFER_QUEUE, INFER_TASK
 from shared.errors import ConfigError, NotFoundError
 from shared.jobs import JobStore, new_job_id
@@ -37,10 +38,7 @@ class Client:
 
     def pending_chunks(self) -> int:
         """Chunk messages waiting in the infer queue (not counting ones being worked on)."""
-        with self.jobs.redis.pipeline(transaction=False) as pipe:
-            for key in queue_keys(INFER_QUEUE):
-                pipe.llen(key)
-            return sum(pipe.execute())
+        return queued(self.jobs.redis, INFER_QUEUE)
 
     def wait_for_room(self, limit: int) -> None:
         """Block while the infer queue holds ``limit`` chunks or more (0: never block)."""
@@ -135,8 +133,8 @@ def retry(job: str, *, client: Client) -> int:
         try:
             data = client.storage.read(part_uri(results, job, chunk))
         except NotFoundError:
-            logger.warning("job %s: part %d was never written; resubmit the job with the same "
-                           "arguments to resume it", job, chunk)
+            logger.warning("job %s: part %d was never written; send its chunk again with "
+                           "`rstream resume %s`", job, chunk, job)
             continue
         failed = [line["uri"] for line in result_lines.decode(data) if not line["ok"]]
         if failed:
@@ -145,3 +143,26 @@ def retry(job: str, *, client: Client) -> int:
             resubmitted += len(failed)
     _end_submit(client, job)
     return resubmitted
+
+
+def resume(job: str, *, client: Client) -> int:
+    """Send again every chunk of ``job`` that is not done; returns how many were sent.
+
+    For a job that stopped progressing with nothing queued: a chunk message lost with a Redis
+    crash, or chunks that stalled on a storage error now fixed. The job's own source, model,
+    output and chunk size are used, so the chunks are the same ones and nothing is counted
+    twice. A job submitted as a Python list cannot be re-listed: submit the same list again.
+    """
+    fields = client.jobs.get(job).fields
+    if fields["source"] == "<list>":
+        raise ConfigError(f"job {job} was submitted as a list of URIs, which rstream cannot list "
+                          "again: call submit() with the same list and job id")
+    settings = dataclasses.replace(client.settings, results=fields["results"])
+    sent: list[int] = [0]
+
+    def count(chunks: int, _images: int) -> None:
+        sent[0] = chunks
+
+    submit(fields["source"], job=job, model=fields["model"], chunk_size=int(fields["chunk_size"]),
+           settings=settings, client=client, progress=count)
+    return sent[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
@@ -58,6 +59,14 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists that kombu keeps a queue in (one per priority step)."""
     return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
+def queued(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in ``queue`` (not counting those being worked on)."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in queue_keys(queue):
+            pipe.llen(key)
+        return sum(pipe.execute())
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:

@@ -229,7 +229,7 @@ class JobStore:
 
     def record_failure(self, job: str, chunk: int, generation: int, error: str) -> None:
         """A chunk whose part could not be written, for good: `rstream status` shows it, and
-        resubmitting the job sends the chunk again."""
+        `rstream resume` sends the chunk again."""
         keys = [JOB_KEY.format(job=job), JOB_ERRORS_KEY.format(job=job)]
         self._record_failure(keys, [f"{chunk}:{generation}", error[:500], time.time(), self.ttl])
 

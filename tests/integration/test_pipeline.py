@@ -23,7 +23,7 @@ from kombu import Producer as KombuProducer
 from producer import monitor
 from producer.cli import main as cli_main
 from producer.submit import Client, retry, submit
-from shared.celery_app import queue_keys
+from shared.celery_app import queued as shared_queued
 from shared.constants import INFER_QUEUE, INFER_TASK
 from shared.errors import NotFoundError
 from shared.jobs import CANCELLED, DONE
@@ -229,7 +229,7 @@ def test_retry_replaces_failed_lines_and_corrects_counts(env: tuple[Settings, st
 
 def queued(settings: Settings) -> int:
     client = Client(settings)
-    return sum(client.jobs.redis.llen(k) for k in queue_keys(INFER_QUEUE))
+    return shared_queued(client.jobs.redis, INFER_QUEUE)
 
 
 def test_backpressure_keeps_the_queue_at_the_limit(redis_server: str, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from producer import monitor
-from producer.submit import Client, submit
+from producer.submit import Client, resume, submit
 from shared.samples import write_samples
 from shared.storage import join
 from tests.conftest import _redis_answers, free_port, service_unavailable
@@ -90,8 +90,9 @@ def test_redis_killed_and_restarted_mid_job_loses_no_image(
         except TimeoutError:
             # Celery's Redis transport pops a message before it records it as unacked; a
             # Redis killed between the two loses that message. The job record knows which
-            # chunks are not done: resubmitting the same job sends exactly those again.
-            submit("photos/", job=job, model="random:resnet18:classes=10", client=client)
+            # chunks are not done: resuming the job sends exactly those again.
+            assert monitor.stuck_reason(client.jobs, job, idle_after_s=30) is not None
+            resume(job, client=client)
             monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=120)
     finally:
         worker.stop()
