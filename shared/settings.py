@@ -255,6 +255,9 @@ class Settings:
     train_time_limit: int = _setting(
         6 * 3600, "Hard time limit of one fine-tune task in seconds.", _int(60),
         "use an integer >= 60")
+    metrics_port: int = _setting(
+        0, "Port of a worker's Prometheus /metrics endpoint (rstream worker adds 1 per extra "
+        "process); 0 turns it off.", _int(0, 65535), "use a port number, or 0 for none")
     log_level: str = _setting(
         "info", "Logging level.", _choice("debug", "info", "warning", "error"),
         "use debug, info, warning or error")

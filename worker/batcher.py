@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from shared.errors import ImageError, RstreamError
+from worker import metrics
 from worker.predict import Predictor, Top
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ class Batcher:
             item.future.set_result(Prediction(top, predictor.version))
 
     def _count(self, live: list[_Item], start: float, *, failed: bool) -> None:
+        metrics.BATCH_SIZE.observe(len(live))
+        metrics.FORWARD_SECONDS.observe(time.monotonic() - start)
         with self._cond:
             self._stats["images"] += len(live)
             self._stats["batches"] += 1

@@ -10,6 +10,7 @@ CUDA), never in a parent that forks afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from shared.registry import Registry
 from shared.results import Line, error_line, ok_line
 from shared.settings import Settings
 from shared.storage import Storage
+from worker import metrics
 from worker.batcher import Batcher, Prediction
 from worker.device import resolve_device
 from worker.models import ModelRef, load_model
@@ -93,8 +95,11 @@ class Engine:
             with self._lock:
                 self._predictors[key] = predictor
                 self._loading.pop(key, None)
+                metrics.SERVING.labels(predictor.version).set(1)
                 while len(self._predictors) > CACHED_PREDICTORS:
-                    self._predictors.popitem(last=False)
+                    _, evicted = self._predictors.popitem(last=False)
+                    with contextlib.suppress(KeyError):  # two refs may name one version
+                        metrics.SERVING.remove(evicted.version)
         return predictor
 
     def resolve_ref(self, ref: str) -> str:

@@ -80,7 +80,10 @@ def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
             env.setdefault("OMP_NUM_THREADS", threads)
         for n in range(1 if one else per_gpu):
             name = f"rstream-{queue}-gpu{gpu}" + (f"-{n}" if per_gpu > 1 else "")
-            procs.append((worker_command(settings, queue, concurrency, name), env))
+            procs.append((worker_command(settings, queue, concurrency, name), dict(env)))
+    if settings.metrics_port:  # one /metrics port per process: base, base + 1, ...
+        for i, (_, env) in enumerate(procs):
+            env["RSTREAM_METRICS_PORT"] = str(settings.metrics_port + i)
     return procs
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 
 from shared.constants import FINETUNE_TASK, INFER_TASK
 from shared.errors import PermanentError, TransientError
@@ -19,6 +20,7 @@ from shared.messages import ChunkMessage
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
+from worker import metrics
 from worker.chunks import ChunkContext, run_chunk
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,16 @@ def _retry(task: Task, exc: Exception, delay: float) -> None:
         raise Reject(reject.reason, requeue=True) from exc
 
 
+def _count(summary: dict[str, Any], seconds: float) -> None:
+    if "skipped" in summary:
+        metrics.CHUNKS.labels("skipped").inc()
+        return
+    metrics.CHUNKS.labels("done").inc()
+    metrics.CHUNK_SECONDS.observe(seconds)
+    metrics.IMAGES.labels("ok").inc(summary["ok"])
+    metrics.IMAGES.labels("failed").inc(summary["failed"])
+
+
 def register(app: Celery, settings: Settings) -> ProcessState:
     """Add rstream's tasks to ``app``; returns the process state they share."""
     state = ProcessState(settings)
@@ -76,6 +88,7 @@ def register(app: Celery, settings: Settings) -> ProcessState:
     @app.task(name=INFER_TASK, bind=True, max_retries=settings.task_max_retries)
     def infer_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         chunk = ChunkMessage.from_dict(message)
+        started = time.monotonic()
         try:
             summary = run_chunk(chunk, state.context())
         except RETRYABLE as exc:
@@ -98,10 +111,12 @@ def register(app: Celery, settings: Settings) -> ProcessState:
         except PermanentError as exc:  # the part cannot be written (refused, no such bucket)
             logger.exception("job %s chunk %d: its part cannot be written", chunk.job,
                              chunk.chunk)
+            metrics.CHUNKS.labels("stalled").inc()
             state.context().jobs.record_failure(chunk.job, chunk.chunk, chunk.generation,
                                                 f"{type(exc).__name__}: {exc}")
             raise
         logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk, summary)
+        _count(summary, time.monotonic() - started)
         return summary
 
     # Acked on receipt, not late: a fine-tune can outlast the visibility timeout, and one lost
@@ -113,6 +128,10 @@ def register(app: Celery, settings: Settings) -> ProcessState:
         from worker.trainer import train_once
 
         return train_once(settings, self.request.id or "manual", **options)
+
+    @worker_ready.connect(weak=False)
+    def _serve_metrics(**_: Any) -> None:
+        metrics.serve(settings.metrics_port)
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from shared.manifest import manifest_uri
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage, join
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.integration.pipeline_data import good_images, write_dataset
 from tests.integration.workers import WorkerProcess
 
@@ -76,7 +77,8 @@ def env(redis_server: str, moto_server: str, bucket: str,
     """Settings, a tiny model in the registry, and one running worker for the module."""
     root = tmp_path_factory.mktemp("root")
     settings = pipeline_settings(redis_server, root, s3_endpoint_url=moto_server,
-                                 allowed_buckets=(bucket,), s3_max_attempts=3)
+                                 allowed_buckets=(bucket,), s3_max_attempts=3,
+                                 metrics_port=free_port())
     model = save_tiny_model(settings)
     worker = WorkerProcess(settings, root.parent / "worker.log", "pipeline").wait_ready()
     yield settings, model
@@ -315,3 +317,35 @@ def test_a_part_that_cannot_be_written_stalls_the_job_visibly(env: tuple[Setting
                          timeout_s=WAIT_S)
     assert final.stalled and final.fields["stalled"] == 1
     assert "Not a directory" in final.fields["last_error"]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics as {"name{labels}": value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_worker_metrics_count_images_chunks_and_batches(env: tuple[Settings, str]) -> None:
+    settings, model = env
+    client = Client(settings)
+    before = scrape(settings.metrics_port)
+    prefix = f"metrics-{uuid.uuid4().hex[:6]}/"
+    uris = write_dataset(client.storage, prefix, good=22)  # 32 images: 2 chunks of 16
+    run_job(client, prefix, model)
+    after = scrape(settings.metrics_port)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert delta('rstream_images_total{result="ok"}') == 22
+    assert delta('rstream_images_total{result="failed"}') == 10
+    assert delta('rstream_chunks_total{outcome="done"}') == len(uris) // 16
+    assert delta("rstream_batch_images_sum") == 22, "every good image went through a batch"
+    assert delta("rstream_forward_seconds_count") >= 1
+    assert after[f'rstream_model_serving{{version="{model}"}}'] == 1

@@ -53,6 +53,11 @@ def test_processes_sharing_a_machine_split_its_cores(monkeypatch: pytest.MonkeyP
         make_settings(), gpus=["0"], cpu=False, per_gpu=4)} == {"2"}, "the user's value wins"
 
 
+def test_each_process_gets_its_own_metrics_port() -> None:
+    procs = plan(make_settings(metrics_port=9100), gpus=["0", "1"], cpu=False, per_gpu=2)
+    assert [env["RSTREAM_METRICS_PORT"] for _, env in procs] == ["9100", "9101", "9102", "9103"]
+
+
 def test_cpu_flag_wins_over_gpus() -> None:
     [(_, env)] = plan(make_settings(), gpus=["0"], cpu=True)
     assert env["RSTREAM_DEVICE"] == "cpu"

@@ -54,6 +54,7 @@ BAD_VALUES = {
     "train_base": "resnet18:imagenet:x",
     "train_lock_ttl": "5",
     "train_time_limit": "10",
+    "metrics_port": "70000",
     "log_level": "verbose",
 }
 
