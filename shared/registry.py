@@ -63,6 +63,12 @@ class Registry:
                 f"list versions with `rstream models ls {name}`") from None
         return dict(json.loads(data))
 
+    def update_meta(self, name: str, version: str, **fields: Any) -> dict[str, Any]:
+        """Replace top-level ``fields`` of a published version's meta.json (one atomic write)."""
+        meta = {**self.read_meta(name, version), **fields}
+        self.storage.write(self.meta_uri(name, version), json.dumps(meta, indent=2).encode())
+        return meta
+
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name``, oldest first; a version without meta.json is not one."""
         base = join(self.prefix, check_name(name)) + "/"

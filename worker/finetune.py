@@ -248,13 +248,14 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
     history, best, spec = run.train(start, progress)
     production_acc = production_eval["accuracy"] if production_eval else None
     passed, reason = gate(best["accuracy"], production_acc, settings.promote_tolerance)
-    meta = {
+    meta: dict[str, Any] = {
         "fingerprint": data_print,
         "parent": start.version,
         "metrics": {"val_accuracy": best["accuracy"], "val_loss": best["loss"],
                     "val_images": best["images"], "per_class": best["per_class"]},
         "training": {**run.describe(), "history": history, "best_epoch": best["epoch"]},
-        "gate": {"passed": passed, "reason": reason, "tolerance": settings.promote_tolerance,
+        "gate": {"passed": passed, "promoted": passed, "reason": reason,
+                 "tolerance": settings.promote_tolerance,
                  "production_version": pointer["version"] if pointer else None,
                  "production_accuracy": production_acc, "production_eval": production_eval},
         "timings": {"train_s": run.train_s, "total_s": round(time.monotonic() - started, 3)},
@@ -268,6 +269,8 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
             status = "promoted"
         except PreconditionFailed:
             reason = "production changed while this version trained: published, not promoted"
+            registry.update_meta(name, version, gate={**meta["gate"], "promoted": False,
+                                                      "reason": reason})
     logger.info("%s@%s %s: %s", name, version, status, reason)
     return {"status": status, "name": name, "version": version, "parent": start.version,
             "reason": reason, "val_accuracy": best["accuracy"],

@@ -143,6 +143,26 @@ def test_a_better_candidate_is_promoted(env: tuple[Settings, Storage, Registry])
     assert meta["gate"]["passed"] is True and meta["gate"]["production_version"] == untrained
 
 
+def test_a_candidate_that_loses_the_promotion_race_says_so_in_its_meta(
+        env: tuple[Settings, Storage, Registry]) -> None:
+    settings, storage, registry = env
+    publish_untrained(registry)
+    rival = publish_untrained(registry, promote=False)
+
+    def promote_rival_once(epoch: int, step: int, loss: float) -> None:
+        if registry.production("tints") != rival:  # another promoter wins while this trains
+            registry.promote("tints", rival, "a rival")
+
+    result = run_finetune(settings, storage, registry, "tints",
+                          TrainConfig(mode="finetune", **LEARNS), progress=promote_rival_once)
+
+    assert result["status"] == "trained" and "production changed" in result["reason"]
+    assert registry.production("tints") == rival
+    gate = registry.read_meta("tints", result["version"])["gate"]
+    assert gate["passed"] is True and gate["promoted"] is False
+    assert "production changed" in gate["reason"]
+
+
 def swapped_training_labels(storage: Storage, settings: Settings) -> str:
     """A labels manifest of the same images, training labels swapped, validation ones right."""
     lines = []
