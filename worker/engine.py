@@ -28,6 +28,7 @@ from worker import metrics
 from worker.batcher import Batcher, Prediction
 from worker.device import resolve_device
 from worker.models import ModelRef, load_model
+from worker.onnx import make_predictor
 from worker.predict import Predictor
 from worker.preprocess import Preprocessing, decode_image
 from worker.reload import ProductionTracker
@@ -129,7 +130,8 @@ class Engine:
     def _load(self, ref: str) -> Predictor:
         start = time.monotonic()
         loaded = load_model(ref, self.registry)
-        predictor = Predictor(loaded, self.device, self.settings.precision, self.settings.topk)
+        predictor = make_predictor(self.settings.backend, loaded, self.device,
+                                   self.settings.precision, self.settings.topk)
         logger.info("loaded %s on %s in %.2fs", predictor.version, self.device,
                     time.monotonic() - start)
         return predictor

@@ -106,8 +106,7 @@ class Predictor:
             # From pinned memory the copy is asynchronous; the .cpu() below waits for it all.
             x = images.to(self.device, non_blocking=True)
             x = normalize(x, self.preprocessing).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                logits = self.module(x)
+            logits = self._logits(x)
             if logits.ndim != 2 or logits.shape[0] != len(images):
                 raise ModelError(f"{self.version}: output of shape {list(logits.shape)} for "
                                  f"{len(images)} images; expected [{len(images)}, classes]")
@@ -115,6 +114,11 @@ class Predictor:
             values, indices = probs.topk(self.topk, dim=1)
             rows = zip(indices.cpu().tolist(), values.cpu().tolist(), strict=True)
         return [self._top(idx, val) for idx, val in rows]
+
+    def _logits(self, x: Tensor) -> Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            logits: Tensor = self.module(x)
+        return logits
 
     def _top(self, indices: list[int], probs: list[float]) -> Top:
         return [{"index": i, "label": self.classes[i], "prob": p}

@@ -55,6 +55,7 @@ BAD_VALUES = {
     "train_lock_ttl": "5",
     "train_time_limit": "10",
     "metrics_port": "70000",
+    "backend": "tensorrt",
     "log_level": "verbose",
 }
 
