@@ -27,7 +27,8 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
                mode: str | None = None, epochs: int | None = None, start: str | None = None,
                force: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``name`` unless another run holds its lock; returns the run's outcome."""
-    from worker.finetune import TrainConfig, run_finetune  # torch: only in the trainer
+    from worker.finetune import run_finetune  # torch: only in the trainer
+    from worker.training_loop import TrainConfig
 
     name = name or settings.train_model
     client = redis.Redis.from_url(settings.redis_url)

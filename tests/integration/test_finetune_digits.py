@@ -21,9 +21,10 @@ from tests.conftest import make_settings
 from tests.digits import digit_pngs, render_digits
 from worker import datasets
 from worker.evaluation import evaluate
-from worker.finetune import TrainConfig, run_finetune
+from worker.finetune import run_finetune
 from worker.models import load_model
 from worker.preprocess import Preprocessing
+from worker.training_loop import TrainConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 logger = logging.getLogger(__name__)

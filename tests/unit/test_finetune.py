@@ -23,9 +23,10 @@ from shared.storage import PreconditionFailed, Storage
 from tests.conftest import make_settings
 from tests.images import photo
 from worker import datasets
-from worker.finetune import TrainConfig, make_optimizer, prepare, run_finetune
+from worker.finetune import run_finetune
 from worker.models import load_model, load_version, save_model
 from worker.preprocess import Preprocessing
+from worker.training_loop import TrainConfig, make_optimizer, prepare
 
 START = "random:resnet18:classes=2:seed=0"
 FAST = {"epochs": 1, "batch_size": 8, "resize": 36, "crop": 32, "val_percent": 25}
