@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -111,12 +110,12 @@ class LocalBackend(Backend):
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         path = self.path(key)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:  # the ETag of the very file that is read
+                return f.read(), _etag(os.fstat(f.fileno()))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFoundError(f"{self.uri(key)}: no such file") from None
         except PermissionError as exc:
             raise AccessDeniedError(f"{self.uri(key)}: {exc.strerror}") from None
-        return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def write(self, key: str, data: bytes, *, if_match: str | None = None,
               if_none_match: bool = False) -> None:
@@ -142,8 +141,8 @@ class LocalBackend(Backend):
             raise PreconditionFailed(f"{self.uri(key)}: already exists")
         if if_match is not None:
             try:
-                current = self.read_versioned(key)[1]
-            except NotFoundError:
+                current = _etag(path.stat())
+            except FileNotFoundError:
                 raise PreconditionFailed(f"{self.uri(key)}: no longer exists") from None
             if current != if_match:
                 raise PreconditionFailed(f"{self.uri(key)}: changed since it was read")
@@ -160,10 +159,14 @@ class LocalBackend(Backend):
             raise
 
     def stat(self, key: str) -> ObjectInfo:
-        # The ETag is the content's MD5, as read_versioned gives, so that it works in if_match;
-        # a listing gives a cheaper one (mtime and size) that is only good for change detection.
-        data, etag = self.read_versioned(key)
-        return ObjectInfo(key, len(data), etag)
+        path = self.path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri(key)}: no such file") from None
+        if not path.is_file():
+            raise NotFoundError(f"{self.uri(key)}: not a file")
+        return ObjectInfo(key, st.st_size, _etag(st))
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -188,10 +191,17 @@ class LocalBackend(Backend):
                 # A symlink is listed too; reading it enforces the root, so one that leads
                 # out gets an error line instead of vanishing from the job.
                 st = entry.stat()
-                yield ObjectInfo(key, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+                yield ObjectInfo(key, st.st_size, _etag(st))
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+def _etag(st: os.stat_result) -> str:
+    """The local ETag: every write replaces the file (temp file and rename), so a new inode,
+    mtime or size marks a new version, without hashing the contents. Listing, stat, reads and
+    conditional writes all use this one."""
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 def _os_error(exc: OSError, uri: str) -> Exception:
