@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Iterable
 
 from celery import Celery
 
@@ -19,7 +18,7 @@ from shared.manifest import part_uri, write_manifest
 from shared.messages import ChunkMessage
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.sources import iter_uris
+from shared.sources import chunked, iter_uris
 from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -50,13 +49,6 @@ class Client:
     def send(self, message: ChunkMessage) -> None:
         self.app.send_task(INFER_TASK, kwargs={"message": message.to_dict()},
                            queue=INFER_QUEUE, task_id=message.task_id)
-
-
-def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Lists of ``size`` items (the last may be shorter), holding one list at a time."""
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 def submit(source: str | Iterable[str], job: str | None = None, model: str | None = None,

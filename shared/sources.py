@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from shared.errors import PermanentError
 from shared.storage import Storage
@@ -58,3 +59,10 @@ def _manifest_lines(lines: Iterable[str], source: str) -> Iterator[str]:
                     f"{source}:{number}: a JSON line needs a \"uri\" field: use one URI per "
                     "line or {\"uri\": ...} objects") from None
         yield line
+
+
+def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of ``size`` items (the last may be shorter), holding one list at a time."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk

@@ -28,7 +28,7 @@ from shared.errors import ConfigError
 from shared.registry import Registry
 from shared.results import Line, encode
 from shared.settings import Settings
-from shared.sources import manifest
+from shared.sources import chunked, iter_uris, manifest
 from shared.storage import Storage
 from worker.engine import Engine
 from worker.models import ModelRef
@@ -49,9 +49,10 @@ class Summary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def add(self, lines: list[Line]) -> None:
+        ok = sum(1 for line in lines if line["ok"])
         self.images += len(lines)
-        self.ok += sum(1 for line in lines if line["ok"])
-        self.failed += sum(1 for line in lines if not line["ok"])
+        self.ok += ok
+        self.failed += len(lines) - ok
 
 
 def score_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -98,7 +99,7 @@ def open_source(source: str, settings: Settings) -> tuple[Storage, Iterator[str]
     storage = Storage(settings)
     if os.path.isfile(source):
         return storage, manifest(source, storage)
-    return storage, storage.list(source)
+    return storage, iter_uris(source, storage)
 
 
 def score_stream(engine: Engine, uris: Iterable[str], ref: str, out: IO[bytes],
@@ -110,7 +111,7 @@ def score_stream(engine: Engine, uris: Iterable[str], ref: str, out: IO[bytes],
     with tqdm(unit="img", file=sys.stderr, disable=None, desc="scoring") as bar, \
             ThreadPoolExecutor(workers, thread_name_prefix="rstream-score") as pool:
         pending: deque[Future[list[Line]]] = deque()
-        for chunk in _chunks(uris, settings.chunk_size):
+        for chunk in chunked(uris, settings.chunk_size):
             pending.append(pool.submit(engine.score, chunk, ref))
             if len(pending) >= 2 * workers:
                 _write(pending.popleft().result(), out, summary, bar)
@@ -118,12 +119,6 @@ def score_stream(engine: Engine, uris: Iterable[str], ref: str, out: IO[bytes],
             _write(pending.popleft().result(), out, summary, bar)
     summary.seconds = time.monotonic() - start
     return summary
-
-
-def _chunks(uris: Iterable[str], size: int) -> Iterator[list[str]]:
-    it = iter(uris)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 def _write(lines: list[Line], out: IO[bytes], summary: Summary, bar: tqdm) -> None:
