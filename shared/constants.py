@@ -23,3 +23,6 @@ MODELS_PREFIX = "models"
 WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
 PRODUCTION_NAME = "production.json"
+
+# A model name: a path segment in the registry and a word in references (NAME@VERSION).
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"

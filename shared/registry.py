@@ -13,11 +13,11 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.constants import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME
+from shared.constants import META_NAME, MODEL_NAME_PATTERN, PRODUCTION_NAME, WEIGHTS_NAME
 from shared.errors import ConfigError, NotFoundError
 from shared.storage import Storage, join
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(f"^{MODEL_NAME_PATTERN}$")
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{4}$")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from shared.constants import MODEL_NAME_PATTERN
 from shared.errors import ConfigError
 
 ENV_PREFIX = "RSTREAM_"
@@ -147,7 +148,7 @@ def _cron(raw: str) -> str:
 
 def _model_name(raw: str) -> str:
     value = raw.strip()
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", value):
+    if not re.fullmatch(MODEL_NAME_PATTERN, value):
         raise ValueError("not a model name")
     return value
 
