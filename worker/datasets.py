@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -16,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from shared.errors import ConfigError, ImageError, PermanentError
+from shared.errors import ConfigError, PermanentError
 from shared.storage import Storage, join
-from worker.preprocess import ALLOWED_FORMATS, Preprocessing, decode_image
+from worker.preprocess import Preprocessing, decode_image, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +146,7 @@ def training_dataset(storage: Storage, items: Sequence[LabelledImage], classes: 
 
 
 def _augmented(data: bytes, *, augment: v2.Compose, max_pixels: int) -> torch.Tensor:
-    return augment(v2.functional.pil_to_tensor(open_rgb(data, max_pixels)))
+    return augment(v2.functional.pil_to_tensor(open_image(data, max_pixels)))
 
 
 def eval_dataset(storage: Storage, items: Sequence[LabelledImage], classes: list[str],
@@ -156,18 +154,6 @@ def eval_dataset(storage: Storage, items: Sequence[LabelledImage], classes: list
     """Validation samples with the serving preprocessing; labels unknown to ``classes`` are -1."""
     return _LabelledDataset(storage, items, classes,
                             functools.partial(decode_image, spec=spec, max_pixels=max_pixels))
-
-
-def open_rgb(data: bytes, max_pixels: int) -> Image.Image:
-    """The decoded, upright RGB image; ImageError when it is refused (see worker.preprocess)."""
-    try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-            if image.width * image.height > max_pixels:
-                raise ImageError(f"image too large: {image.width}x{image.height} pixels, above "
-                                 f"RSTREAM_MAX_IMAGE_PIXELS={max_pixels}")
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"not a readable image ({exc})") from None
 
 
 def collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:

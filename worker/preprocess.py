@@ -132,6 +132,18 @@ def decode_image(data: bytes, spec: Preprocessing, max_pixels: int, *,
     return _DECODERS[path](img, data, spec)
 
 
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The whole image, decoded, upright and RGB, with the same refusals as :func:`decode_image`.
+
+    For training, whose augmentation crops the full image.
+    """
+    img = _open(data, max_pixels)
+    with _reasons(img):
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)
+        return _to_rgb(img)
+
+
 def choose_path(img: Image.Image, spec: Preprocessing) -> str:
     """The fastest decode path that keeps the parity the module docstring states."""
     if not isinstance(img, JpegImagePlugin.JpegImageFile) or spec.crop > spec.resize:
