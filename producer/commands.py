@@ -24,9 +24,7 @@ def submit_command(args: argparse.Namespace, settings: Settings) -> int:
     job = submit(source, job=args.job, model=args.model, chunk_size=args.chunk_size,
                  client=client)
     print(job)
-    if args.wait:
-        return _wait(client, job, args.strict)
-    return 0
+    return _wait(client, job, args.strict) if args.wait else 0
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,18 +83,14 @@ def resume_command(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings)
     sent = resume(args.job, client=client)
     print(f"job {args.job}: sent {sent} chunk(s) that were not done")
-    if args.wait:
-        return _wait(client, args.job, args.strict)
-    return 0
+    return _wait(client, args.job, args.strict) if args.wait else 0
 
 
 def retry_command(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings)
     count = retry(args.job, client=client)
     print(f"job {args.job}: resubmitted {count} failed images")
-    if args.wait:
-        return _wait(client, args.job, args.strict)
-    return 0
+    return _wait(client, args.job, args.strict) if args.wait else 0
 
 
 def jobs_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,7 +24,7 @@ from kombu import Producer as KombuProducer
 from producer import monitor
 from producer.cli import main as cli_main
 from producer.submit import Client, retry, submit
-from shared.celery_app import queued as shared_queued
+from shared.celery_app import queued
 from shared.constants import INFER_QUEUE, INFER_TASK
 from shared.errors import NotFoundError
 from shared.jobs import CANCELLED, DONE
@@ -229,11 +229,6 @@ def test_retry_replaces_failed_lines_and_corrects_counts(env: tuple[Settings, st
     assert (manifest["ok"], manifest["failed"], manifest["generation"]) == (21, 9, 1)
 
 
-def queued(settings: Settings) -> int:
-    client = Client(settings)
-    return shared_queued(client.jobs.redis, INFER_QUEUE)
-
-
 def test_backpressure_keeps_the_queue_at_the_limit(redis_server: str, tmp_path: Path) -> None:
     # Database 3: no worker consumes it.
     settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/3", tmp_path,
@@ -248,12 +243,12 @@ def test_backpressure_keeps_the_queue_at_the_limit(redis_server: str, tmp_path: 
     peak = 0
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
-        peak = max(peak, queued(settings))
+        peak = max(peak, queued(client.jobs.redis, INFER_QUEUE))
     assert peak == 3
     assert not done.is_set(), "the producer waits while the queue is full"
     while not done.wait(0.01):  # play the worker: take one message at a time
         client.jobs.redis.rpop(INFER_QUEUE)
-        peak = max(peak, queued(settings))
+        peak = max(peak, queued(client.jobs.redis, INFER_QUEUE))
     thread.join()
     assert peak <= 3
 
@@ -269,7 +264,7 @@ def test_cancel_skips_queued_chunks(redis_server: str, tmp_path: Path) -> None:
     worker = WorkerProcess(settings, tmp_path / "worker.log", "cancel").wait_ready()
     try:
         deadline = time.monotonic() + WAIT_S
-        while queued(settings) and time.monotonic() < deadline:
+        while queued(client.jobs.redis, INFER_QUEUE) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)
     finally:
