@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY shared shared
 COPY producer producer
 COPY worker worker
-RUN pip install --no-cache-dir .
+# The worker extra: torch, torchvision, pillow... (a submit-only image could install '.' alone).
+RUN pip install --no-cache-dir '.[worker]'
 # Weights for torchvision:* references go here (rstream never downloads them).
 ENV TORCH_HOME=/models-cache
 ENTRYPOINT []

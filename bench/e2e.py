@@ -13,7 +13,7 @@ In one run, on one machine, with one model, device, precision, thread count and 
 - ``naive``: one task per image (``bench/naive_app.py``) on a worker with the same pool,
   concurrency and threads; timed from the first send to the last result object.
 
-Images are JPEGs of ``--size`` made by ``shared.samples`` from photos shipped with
+Images are JPEGs of ``--size`` made by ``worker.samples`` from photos shipped with
 scikit-image and scikit-learn, on moto's S3 server (``--storage s3``, over HTTP, in this
 process) or on local disk. A private ``redis-server`` is started on a free port. Both workers
 are started and warmed up (model loaded) before any timing. The three measurements then
@@ -41,17 +41,17 @@ from typing import Any
 import boto3
 
 from bench.services import (
-    Worker,
     cpu_seconds,
     machine,
     moto_server,
     node_name,
     redis_server,
+    start_worker,
 )
 from producer.submit import Client, submit
 from shared.manifest import manifest_uri
-from shared.samples import write_samples
 from shared.settings import Settings
+from worker.samples import write_samples
 
 BUCKET = "rstream-bench"
 WAIT_TIMEOUT_S = 1800.0
@@ -179,11 +179,11 @@ class Pipeline:
         self.source, self.uris = write_images(settings, opts)
         self.client = Client(settings)
         env = thread_env(opts)
-        self.workers = {"rstream": Worker("bench.rstream_app", "infer", settings,
-                                          work / "rstream-worker.log", env)}
+        self.workers = {"rstream": start_worker("bench.rstream_app", "infer", settings,
+                                                work / "rstream-worker.log", env)}
         if not opts.no_naive:
-            self.workers["naive"] = Worker("bench.naive_app", "naive", settings,
-                                           work / "naive-worker.log", env)
+            self.workers["naive"] = start_worker("bench.naive_app", "naive", settings,
+                                                 work / "naive-worker.log", env)
         for worker in self.workers.values():
             worker.wait_ready()
         self.runs = 0

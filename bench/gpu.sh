@@ -74,7 +74,7 @@ if "$PY" -c "import celery, redis, boto3, safetensors, skimage, shared.settings,
         timeout 200 "$PY" -m bench.e2e "${E2E_ARGS[@]}" >"$OUT_DIR/e2e.json" \
             || say "e2e benchmark failed or timed out (status $?)"
     fi
-elif "$PY" -c "import shared.settings, worker.cli, skimage, sklearn" 2>/dev/null; then
+elif "$PY" -c "import shared.settings, worker.score, skimage, sklearn" 2>/dev/null; then
     SCORE_ARGS=(--device "$DEVICE" --images 2048 --batch 256 --decode-threads "$DECODE"
                 --repeats 3)
     [ "$DRY_RUN" = 1 ] && SCORE_ARGS=(--device cpu --images 16 --batch 8 --repeats 1)

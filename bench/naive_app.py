@@ -68,7 +68,7 @@ def classify(uri: str, job: str, model: str, results: str) -> None:
     data = res["storage"].read(uri)
     image = Image.open(io.BytesIO(data)).convert("RGB")
     top = res["predictor"].predict(res["transform"](image).unsqueeze(0))[0]
-    line = {"uri": uri, "ok": True, "top": top, "model": res["predictor"].version}
+    line = {"uri": uri, "ok": True, "top": top, "model": res["predictor"].model_id}
     res["storage"].write(join(results, job, uri.rsplit("/", 1)[1] + ".json"),
                          json.dumps(line).encode())
     res["redis"].incr(done_key(job))

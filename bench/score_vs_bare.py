@@ -8,7 +8,7 @@ re-encoded), then measures, on the same device, model, precision and batch size:
 
 - ``bare``: ``Predictor.predict`` on ready uint8 batches (pinned on CUDA), before and after;
 - ``decode``: fetch + ``decode_image`` alone on a pool of ``--decode-threads`` threads;
-- ``score``: the ``rstream score`` pipeline (``worker.cli.run_score``: listing, fetch, decode,
+- ``score``: the ``rstream score`` pipeline (``worker.score.run_score``: listing, fetch, decode,
   batcher, forward, result lines written to a file), timed from the moment the model is loaded.
 
 After one warm-up of each, bare passes and score runs alternate ``--repeats`` times, so both
@@ -34,11 +34,11 @@ import torch
 from PIL import Image
 
 from shared.settings import Settings
-from worker.cli import Summary, run_score
 from worker.device import resolve_device
 from worker.models import load_model
 from worker.predict import Predictor
 from worker.preprocess import decode_image
+from worker.score import Summary, run_score
 
 PHOTOS = [Path(skimage.__file__).parent / "data" / name for name in (
     "astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",

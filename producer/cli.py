@@ -1,13 +1,19 @@
-"""The ``rstream`` command line. Worker commands import torch lazily, only when they run."""
+"""The ``rstream`` command line: the parser and ``main``.
+
+The handlers live in modules named for the two sides: ``producer.job_commands`` and
+``producer.model_commands`` (no torch), and ``producer.worker_commands``, the only one that
+starts worker code. Each is imported when its command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from shared.errors import ConfigError, RstreamError
+from shared.errors import RstreamError
 from shared.logs import configure
 from shared.settings import Settings, markdown_table
 
@@ -23,58 +29,27 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _score(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli import score_command
-
-    return score_command(args, settings)
-
-
-def _samples(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.samples import write_samples
-    from shared.storage import Storage
-
-    size = None
-    if args.size:
-        width, _, height = args.size.partition("x")
-        if not (width.isdigit() and height.isdigit()):
-            raise ConfigError(f"--size {args.size!r} is invalid: use WIDTHxHEIGHT, e.g. 500x375")
-        size = (int(width), int(height))
-    uris = write_samples(Storage(settings), args.prefix, args.count, size, args.seed)
-    print(f"wrote {len(uris)} sample images under {args.prefix}")
-    return 0
-
-
-def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.constants import INFER_QUEUE, TRAIN_QUEUE
-    from worker import launcher
-
-    gpus = launcher.parse_gpus(args.gpus) if args.gpus else None
-    if args.per_gpu < 1:
-        raise ConfigError(f"--per-gpu {args.per_gpu} is invalid: use 1 or more")
-    if args.train and gpus and len(gpus) > 1:
-        raise ConfigError("--train runs one trainer: give it one GPU (--gpus 0)")
-    return launcher.run(settings, gpus=gpus[:1] if args.train and gpus else gpus, cpu=args.cpu,
-                        queue=TRAIN_QUEUE if args.train else INFER_QUEUE,
-                        concurrency=1 if args.train else args.concurrency,
-                        one=args.train, per_gpu=args.per_gpu)
-
-
-def _beat(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import launcher
-
-    return launcher.run_beat(settings)
-
-
-def _lazy(name: str) -> Handler:
-    """A handler from producer.commands, imported when it runs (Celery is slow to import)."""
+def _lazy(module: str, name: str) -> Handler:
+    """Handler ``name`` of ``producer.{module}``, imported when it runs: Celery is slow to
+    import, and only the worker commands may import worker code (torch)."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
-        from producer import commands
-
-        run: Handler = getattr(commands, name)
+        run: Handler = getattr(importlib.import_module(f"producer.{module}"), name)
         return run(args, settings)
 
     return handler
+
+
+def _jobs(name: str) -> Handler:
+    return _lazy("job_commands", name)
+
+
+def _models(name: str) -> Handler:
+    return _lazy("model_commands", name)
+
+
+def _workers(name: str) -> Handler:
+    return _lazy("worker_commands", name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model reference (default RSTREAM_MODEL)")
     p.add_argument("--out", help="output JSONL file (default: standard output)")
     p.add_argument("--topk", type=int, help="classes per image (default RSTREAM_TOPK)")
-    p.set_defaults(handler=_score)
+    p.set_defaults(handler=_workers("score_command"))
 
     _add_job_commands(commands)
 
@@ -100,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=64)
     p.add_argument("--size", help="WIDTHxHEIGHT (default: mixed sizes 48-400 px)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_samples)
+    p.set_defaults(handler=_workers("samples_command"))
 
     p = commands.add_parser("worker", help="start inference workers: one process per GPU")
     p.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: every GPU nvidia-smi lists)")
@@ -111,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes per GPU (more decode in parallel; default 1)")
     p.add_argument("--train", action="store_true",
                    help="run the trainer instead: one process on the train queue")
-    p.set_defaults(handler=_worker)
+    p.set_defaults(handler=_workers("worker_command"))
 
     p = commands.add_parser("beat", help="schedule fine-tunes (RSTREAM_TRAIN_SCHEDULE)")
-    p.set_defaults(handler=_beat)
+    p.set_defaults(handler=_workers("beat_command"))
 
     _add_model_commands(commands)
     return parser
@@ -132,19 +107,19 @@ def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
                    help="advanced: a training option, repeatable (e.g. --set resize=36 "
                    "--set crop=32 --set batch_size=16)")
     p.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
-    p.set_defaults(handler=_lazy("train_command"))
+    p.set_defaults(handler=_models("train_command"))
 
     models = commands.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True, metavar="ACTION")
     p = models.add_parser("ls", help="versions, their accuracy, and which serves (*)")
     p.add_argument("name", nargs="?")
-    p.set_defaults(handler=_lazy("models_ls_command"))
+    p.set_defaults(handler=_models("models_ls_command"))
     p = models.add_parser("promote", help="make NAME@VERSION the production version")
     p.add_argument("ref", metavar="NAME@VERSION")
-    p.set_defaults(handler=_lazy("models_promote_command"))
+    p.set_defaults(handler=_models("models_promote_command"))
     p = models.add_parser("rollback", help="production back to the previous version")
     p.add_argument("name")
-    p.set_defaults(handler=_lazy("models_rollback_command"))
+    p.set_defaults(handler=_models("models_rollback_command"))
 
 
 def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -156,42 +131,42 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--chunk-size", type=int, help="images per task (default RSTREAM_CHUNK_SIZE)")
     p.add_argument("--wait", action="store_true", help="wait for the job with a progress bar")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
-    p.set_defaults(handler=_lazy("submit_command"))
+    p.set_defaults(handler=_jobs("submit_command"))
 
     p = commands.add_parser("status", help="a job's counts, rate and ETA")
     p.add_argument("job")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
-    p.set_defaults(handler=_lazy("status_command"))
+    p.set_defaults(handler=_jobs("status_command"))
 
     p = commands.add_parser("wait", help="wait for a job with a progress bar")
     p.add_argument("job")
     p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
-    p.set_defaults(handler=_lazy("wait_command"))
+    p.set_defaults(handler=_jobs("wait_command"))
 
     p = commands.add_parser("results", help="stream a job's result lines (JSONL)")
     p.add_argument("job")
     p.add_argument("--failed", action="store_true", help="only the failed images")
-    p.set_defaults(handler=_lazy("results_command"))
+    p.set_defaults(handler=_jobs("results_command"))
 
     p = commands.add_parser("cancel", help="skip a job's queued chunks (running ones finish)")
     p.add_argument("job")
-    p.set_defaults(handler=_lazy("cancel_command"))
+    p.set_defaults(handler=_jobs("cancel_command"))
 
     p = commands.add_parser("retry", help="resubmit a finished job's failed images")
     p.add_argument("job")
     p.add_argument("--wait", action="store_true", help="wait for the retry")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any still fail")
-    p.set_defaults(handler=_lazy("retry_command"))
+    p.set_defaults(handler=_jobs("retry_command"))
 
     p = commands.add_parser("resume", help="send again a stuck job's chunks that are not done")
     p.add_argument("job")
     p.add_argument("--wait", action="store_true", help="wait for the job")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
-    p.set_defaults(handler=_lazy("resume_command"))
+    p.set_defaults(handler=_jobs("resume_command"))
 
     p = commands.add_parser("jobs", help="recent jobs, newest first")
     p.add_argument("--limit", type=int, default=20)
-    p.set_defaults(handler=_lazy("jobs_command"))
+    p.set_defaults(handler=_jobs("jobs_command"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,13 +10,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from shared import results as result_lines
 from shared.celery_app import queued
-from shared.constants import INFER_QUEUE, PART_NAME
+from shared.constants import INFER_QUEUE
+from shared.finetune_runs import FINISHED, TrainRuns
 from shared.jobs import DONE, RUNNING, Job, JobStore
 from shared.manifest import manifest_uri, write_manifest
-from shared.storage import Storage, join
-from shared.training import FINISHED, TrainRuns
+from shared.results import job_lines
+from shared.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -28,17 +28,17 @@ class Status:
     eta_s: float | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"job": self.job.id, **self.job.fields, "processed": self.job.processed,
+        return {**self.job.as_dict(), "processed": self.job.processed,
                 "rate": round(self.rate, 2),
                 "eta_s": None if self.eta_s is None else round(self.eta_s, 1)}
 
 
 def status(store: JobStore, job_id: str) -> Status:
     job = store.get(job_id)
-    end = float(job.fields.get("finished_at") or time.time())
-    elapsed = max(end - float(job.fields["created_at"]), 1e-9)
+    end = job.finished_at or time.time()
+    elapsed = max(end - job.created_at, 1e-9)
     rate = job.processed / elapsed
-    remaining = int(job.fields.get("images", 0)) - job.processed
+    remaining = job.images - job.processed
     eta = remaining / rate if rate > 0 and not job.finished else None
     return Status(job, rate, eta)
 
@@ -48,14 +48,13 @@ def stuck_reason(store: JobStore, job_id: str, idle_after_s: float) -> str | Non
     finished for ``idle_after_s`` seconds. Either no worker runs, or a chunk message was lost
     (a Redis crash can lose one); ``rstream resume`` sends the missing chunks again."""
     job = store.get(job_id)
-    fields = job.fields
-    if fields.get("status") != RUNNING or fields.get("submitting") or job.stalled:
+    if job.status != RUNNING or job.submitting or job.stalled:
         return None
-    idle = time.time() - float(fields.get("updated_at") or fields["created_at"])
+    idle = time.time() - (job.updated_at or job.created_at)
     waiting = queued(store.redis, INFER_QUEUE)
-    if int(fields.get("outstanding", 0)) <= 0 or waiting or idle < idle_after_s:
+    if job.outstanding <= 0 or waiting or idle < idle_after_s:
         return None
-    return (f"job {job_id}: no chunk finished for {idle:.0f} s, {fields['outstanding']} "
+    return (f"job {job_id}: no chunk finished for {idle:.0f} s, {job.outstanding} "
             "chunk(s) outstanding and none queued: check that a worker runs (rstream worker), "
             f"then send the missing chunks again with `rstream resume {job_id}`")
 
@@ -74,16 +73,15 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
               mininterval=interval) as bar:
         while True:
             job = store.get(job_id)
-            bar.total = max(int(job.fields.get("images", 0)), job.processed)
-            bar.set_postfix(failed=job.fields.get("failed", 0), refresh=False)
+            bar.total = max(job.images, job.processed)
+            bar.set_postfix(failed=job.failed, refresh=False)
             bar.update(job.processed - bar.n)
             if job.finished:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
             time.sleep(poll_s)
-    if job.fields["status"] == DONE and not storage.exists(
-            manifest_uri(job.fields["results"], job_id)):
+    if job.status == DONE and not storage.exists(manifest_uri(job.results, job_id)):
         write_manifest(storage, store, job_id)
     return job
 
@@ -91,12 +89,7 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
 def results(store: JobStore, storage: Storage, job_id: str, *,
             failed_only: bool = False) -> Iterator[dict[str, Any]]:
     """The job's result lines, part by part in chunk order, streamed."""
-    job = store.get(job_id)
-    prefix = join(job.fields["results"], job_id, PART_NAME.split("{")[0])
-    for uri in sorted(storage.list(prefix)):  # zero-padded chunk numbers sort as numbers
-        for line in result_lines.decode(storage.read(uri)):
-            if not failed_only or not line["ok"]:
-                yield line
+    yield from job_lines(storage, store.get(job_id).results, job_id, failed_only=failed_only)
 
 
 def wait_training(runs: TrainRuns, run: str, *, show_progress: bool = True,

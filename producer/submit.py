@@ -9,14 +9,15 @@ from collections.abc import Callable, Iterable
 
 from celery import Celery
 
-from shared import results as result_lines
+from shared import modelref
 from shared.celery_app import make_app, queued
 from shared.constants import INFER_QUEUE, INFER_TASK
-from shared.errors import ConfigError, NotFoundError
+from shared.errors import ConfigError
 from shared.jobs import JobStore, new_job_id
-from shared.manifest import part_uri, write_manifest
+from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
 from shared.registry import Registry
+from shared.results import failed_uris
 from shared.settings import Settings
 from shared.sources import chunked, iter_uris
 from shared.storage import Storage
@@ -63,11 +64,7 @@ def submit(source: str | Iterable[str], job: str | None = None, model: str | Non
     """
     settings = settings or (client.settings if client else Settings.from_env())
     client = client or Client(settings)
-    model = model or settings.model
-    if not model:
-        raise ConfigError("no model given: pass --model or set RSTREAM_MODEL "
-                          "(e.g. random:resnet18, NAME or NAME@VERSION)")
-    check_model(model, client)
+    model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
     size = chunk_size or settings.chunk_size
     limit = settings.max_pending_chunks if max_pending is None else max_pending
@@ -91,19 +88,20 @@ def submit(source: str | Iterable[str], job: str | None = None, model: str | Non
     return job
 
 
-def check_model(model: str, client: Client) -> None:
-    """Refuse a registry model that does not exist before anything is sent.
+def check_model(model: str, client: Client) -> str:
+    """``model`` when it is a valid reference and, for the registry, exists; else ModelError
+    or NotFoundError with the reason, before anything is sent.
 
-    Other references (random:, torchvision:) are checked by the worker, which has torch.
+    Whether torchvision's weights file is cached can only be known on a worker.
     """
-    if ":" in model:
-        return
-    name, _, version = model.partition("@")
-    registry = Registry(client.storage, client.settings.models)
-    if version:
-        registry.read_meta(name, version)
-    else:
-        registry.production(name)
+    ref = modelref.parse(model)
+    if ref.kind == "registry":
+        registry = Registry(client.storage, client.settings.models)
+        if ref.version:
+            registry.read_meta(ref.name, ref.version)
+        else:
+            registry.production(ref.name)
+    return model.strip()
 
 
 def _end_submit(client: Client, job: str) -> None:
@@ -118,17 +116,15 @@ def retry(job: str, *, client: Client) -> int:
     are corrected (not added to); the manifest is written again when the retry finishes.
     """
     record = client.jobs.get(job)
-    results, model = record.fields["results"], record.fields["model"]
+    results, model = record.results, record.model
     generation = client.jobs.start_retry(job)
     resubmitted = 0
-    for chunk in range(int(record.fields["chunks"])):
-        try:
-            data = client.storage.read(part_uri(results, job, chunk))
-        except NotFoundError:
+    for chunk in range(record.chunks):
+        failed = failed_uris(client.storage, results, job, chunk)
+        if failed is None:
             logger.warning("job %s: part %d was never written; send its chunk again with "
                            "`rstream resume %s`", job, chunk, job)
             continue
-        failed = [line["uri"] for line in result_lines.decode(data) if not line["ok"]]
         if failed:
             client.jobs.mark_sent(job, chunk, generation, len(failed))
             client.send(ChunkMessage(job, chunk, failed, model, results, generation))
@@ -145,16 +141,16 @@ def resume(job: str, *, client: Client) -> int:
     output and chunk size are used, so the chunks are the same ones and nothing is counted
     twice. A job submitted as a Python list cannot be re-listed: submit the same list again.
     """
-    fields = client.jobs.get(job).fields
-    if fields["source"] == "<list>":
+    record = client.jobs.get(job)
+    if record.source == "<list>":
         raise ConfigError(f"job {job} was submitted as a list of URIs, which rstream cannot list "
                           "again: call submit() with the same list and job id")
-    settings = dataclasses.replace(client.settings, results=fields["results"])
+    settings = dataclasses.replace(client.settings, results=record.results)
     sent: list[int] = [0]
 
     def count(chunks: int, _images: int) -> None:
         sent[0] = chunks
 
-    submit(fields["source"], job=job, model=fields["model"], chunk_size=int(fields["chunk_size"]),
+    submit(record.source, job=job, model=record.model, chunk_size=record.chunk_size,
            settings=settings, client=client, progress=count)
     return sent[0]

@@ -1,4 +1,8 @@
-"""Names shared by the producer and the worker: queues, tasks, Redis keys, storage layout."""
+"""Names shared by the producer and the worker: queues, tasks and Redis keys.
+
+Storage layouts live with their owners: result parts in :mod:`shared.results`, the manifest in
+:mod:`shared.manifest`, the model registry in :mod:`shared.registry`.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,4 @@ JOB_COUNTS_KEY = REDIS_PREFIX + ":job:{job}:counts"  # chunk -> {"ok", "failed",
 JOB_ERRORS_KEY = REDIS_PREFIX + ":job:{job}:errors"  # "chunk:generation" -> why it has no part
 JOBS_INDEX_KEY = REDIS_PREFIX + ":jobs"
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"
-
-PART_NAME = "part-{chunk:06d}.jsonl"
-MANIFEST_NAME = "manifest.json"
-MODELS_PREFIX = "models"
-WEIGHTS_NAME = "weights.safetensors"
-META_NAME = "meta.json"
-PRODUCTION_NAME = "production.json"
-
-# A model name: a path segment in the registry and a word in references (NAME@VERSION).
-MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+TRAIN_RUN_KEY = REDIS_PREFIX + ":train:run:{run}"  # one fine-tune run's progress and outcome

@@ -39,3 +39,7 @@ class ImageError(PermanentError):
 
 class ModelError(PermanentError):
     """Raised when a model reference cannot be resolved or its checkpoint cannot be loaded."""
+
+
+class PreconditionFailed(PermanentError):
+    """Raised when a conditional write loses: the object changed since it was read, or exists."""

@@ -15,12 +15,13 @@ caller (worker or producer) whose atomic update makes it so is told to write the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +40,7 @@ from shared.constants import (
 )
 from shared.errors import ConfigError, NotFoundError, PermanentError
 
-JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
 RETRY_CAP_S = 2.0  # longest pause between two tries of a Redis call during an outage
@@ -55,7 +56,30 @@ redis.call('EXPIRE', KEYS[1], ARGV[4]); redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-_COMPLETE = """
+# The one "job is done" rule: nothing outstanding, the producer has finished sending, and the
+# job is still running (not cancelled, not done already). The script that makes it true marks
+# the job done and returns 1, so exactly one caller writes the manifest.
+_FINISH_IF_DONE = """
+local function finish_if_done(key, now)
+  if tonumber(redis.call('HGET', key, 'outstanding')) <= 0
+     and redis.call('HGET', key, 'submitting') == '0'
+     and redis.call('HGET', key, 'status') == 'running' then
+    redis.call('HSET', key, 'status', 'done', 'finished_at', now)
+    return 1
+  end
+  return 0
+end
+"""
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+_COMPLETE = _FINISH_IF_DONE + """
 local first = redis.call('HSETNX', KEYS[2], ARGV[1], 1)
 if first == 1 then redis.call('HINCRBY', KEYS[1], 'outstanding', -1) end
 local new = cjson.decode(ARGV[3])
@@ -70,37 +94,23 @@ redis.call('HINCRBY', KEYS[1], 'ok', ok)
 redis.call('HINCRBY', KEYS[1], 'failed', failed)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-if first == 1 and tonumber(redis.call('HGET', KEYS[1], 'outstanding')) <= 0
-   and redis.call('HGET', KEYS[1], 'submitting') == '0'
-   and redis.call('HGET', KEYS[1], 'status') == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[4])
-  return 1
-end
+if first == 1 then return finish_if_done(KEYS[1], ARGV[4]) end
 return 0
 """
 
-_END_SUBMIT = """
+_END_SUBMIT = _FINISH_IF_DONE + """
 redis.call('HSET', KEYS[1], 'submitting', '0', 'updated_at', ARGV[1])
-if tonumber(redis.call('HGET', KEYS[1], 'outstanding')) <= 0
-   and redis.call('HGET', KEYS[1], 'status') == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[1])
-  return 1
-end
-return 0
+return finish_if_done(KEYS[1], ARGV[1])
 """
 
 _RECORD_FAILURE = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'stalled', 1)
+  redis.call('HINCRBY', KEYS[1], 'stalled_chunks', 1)
 end
 redis.call('HSET', KEYS[1], 'last_error', ARGV[2], 'updated_at', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 0
 """
-
-_INT_FIELDS = ("stalled", "outstanding", "chunks", "images", "ok", "failed", "generation",
-               "submitting", "chunk_size")
-_FLOAT_FIELDS = ("created_at", "updated_at", "finished_at")
 
 
 def new_job_id() -> str:
@@ -109,39 +119,76 @@ def new_job_id() -> str:
 
 
 def check_job_id(job: str) -> str:
-    if not JOB_RE.match(job):
+    """``job`` when it is a valid job id (matched whole), else ConfigError naming the rule."""
+    if not JOB_RE.fullmatch(job):
         raise ConfigError(f"job id {job!r} is invalid: use letters, digits, '.', '_' or '-' "
                           "(at most 128, starting with a letter or digit)")
     return job
 
 
+def _flag(text: str) -> bool:
+    return text not in ("", "0")
+
+
+# How each field's text in the Redis hash becomes its Python value (by the field's annotation).
+_DECODE: dict[str, Callable[[str], Any]] = {
+    "str": str, "int": int, "float": float, "float | None": float, "bool": _flag}
+
+
 @dataclass(frozen=True)
 class Job:
-    """A snapshot of a job record."""
+    """A snapshot of a job record; :meth:`from_hash` is the one place that builds one.
+
+    Each field is a field of the record's Redis hash, under the same name.
+    """
 
     id: str
-    fields: dict[str, Any]
+    status: str = RUNNING
+    model: str = ""
+    results: str = ""
+    source: str = ""
+    chunk_size: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    images: int = 0  # images sent (first submission), counted once per chunk
+    chunks: int = 0
+    outstanding: int = 0  # chunks sent whose part is not written yet
+    ok: int = 0
+    failed: int = 0
+    generation: int = 0  # 0 for the first submission, n after the n-th retry
+    submitting: bool = False  # the producer is still sending chunks
+    stalled_chunks: int = 0  # chunks whose part could not be written, for good
+    last_error: str = ""
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.fields[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> Job:
+        """The record from its Redis hash; unknown hash fields are ignored."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls)[1:]:
+            text = raw.get(f.name.encode())
+            if text is not None:
+                values[f.name] = _DECODE[str(f.type)](text.decode())
+        return cls(job_id, **values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON-able data, its id under ``job``."""
+        data = dataclasses.asdict(self)
+        return {"job": data.pop("id"), **data}
 
     @property
     def processed(self) -> int:
-        return int(self.fields.get("ok", 0)) + int(self.fields.get("failed", 0))
+        return self.ok + self.failed
 
     @property
     def stalled(self) -> bool:
         """Every chunk still outstanding failed for good (its part could not be written)."""
-        outstanding = int(self.fields.get("outstanding", 0))
-        return (self.fields.get("status") == RUNNING and not self.fields.get("submitting")
-                and 0 < outstanding <= int(self.fields.get("stalled", 0)))
+        return (self.status == RUNNING and not self.submitting
+                and 0 < self.outstanding <= self.stalled_chunks)
 
     @property
     def finished(self) -> bool:
-        return self.fields.get("status") in (DONE, CANCELLED) or self.stalled
+        return self.status in (DONE, CANCELLED) or self.stalled
 
 
 class JobStore:
@@ -150,6 +197,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
         self.ttl = ttl
+        self._create = client.register_script(_CREATE)
         self._mark_sent = client.register_script(_MARK_SENT)
         self._complete = client.register_script(_COMPLETE)
         self._end_submit = client.register_script(_END_SUBMIT)
@@ -176,16 +224,14 @@ class JobStore:
                          chunk_size: int) -> bool:
         """Create the record, or resume one made by the same submission; True when new."""
         key = JOB_KEY.format(job=check_job_id(job))
-        now = str(time.time())
-        fields: dict[str | bytes, str | int] = {
-                  "status": RUNNING, "model": model, "results": results, "source": source,
-                  "chunk_size": chunk_size, "created_at": now, "updated_at": now,
-                  "outstanding": 0, "chunks": 0, "images": 0, "ok": 0, "failed": 0,
-                  "generation": 0, "submitting": 1}
-        if self.redis.hsetnx(key, "source", source):
-            self.redis.hset(key, mapping=fields)
-            self.redis.expire(key, self.ttl)
-            self.redis.zadd(JOBS_INDEX_KEY, {job: float(now)})
+        now = time.time()
+        fields: dict[str, str | int | float] = {
+            "status": RUNNING, "model": model, "results": results, "source": source,
+            "chunk_size": chunk_size, "created_at": now, "updated_at": now,
+            "outstanding": 0, "chunks": 0, "images": 0, "ok": 0, "failed": 0,
+            "generation": 0, "submitting": 1}
+        pairs = [item for pair in fields.items() for item in pair]
+        if self._create([key, JOBS_INDEX_KEY], [self.ttl, now, job, *pairs]):
             return True
         existing = self.get(job)
         same = (existing.source, existing.model, existing.results, existing.chunk_size) == (
@@ -195,7 +241,7 @@ class JobStore:
                 f"job {job} already exists with another source, model, output or chunk size: "
                 "choose another --job name, or resubmit exactly the same one to resume it")
         # A resumed job sends its stalled chunks again: forget why they stalled.
-        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now, "stalled": 0})
+        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now, "stalled_chunks": 0})
         self.redis.delete(JOB_ERRORS_KEY.format(job=job))
         return False
 
@@ -204,14 +250,7 @@ class JobStore:
         if not raw:
             raise NotFoundError(f"job {job} not found (unknown, or expired after "
                                 "RSTREAM_JOB_TTL): list recent jobs with `rstream jobs`")
-        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
-        for name in _INT_FIELDS:
-            if name in fields:
-                fields[name] = int(fields[name])
-        for name in _FLOAT_FIELDS:
-            if name in fields:
-                fields[name] = float(fields[name])
-        return Job(job, fields)
+        return Job.from_hash(job, raw)
 
     def mark_sent(self, job: str, chunk: int, generation: int, images: int) -> bool:
         """Count a chunk as sent; False when it was counted before (resume or duplicate)."""

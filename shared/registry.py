@@ -8,25 +8,17 @@
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.constants import META_NAME, MODEL_NAME_PATTERN, PRODUCTION_NAME, WEIGHTS_NAME
 from shared.errors import ConfigError, NotFoundError
+from shared.modelref import NAME_RE, VERSION_RE, check_name
 from shared.storage import Storage, join
 
-NAME_RE = re.compile(f"^{MODEL_NAME_PATTERN}$")
-VERSION_RE = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{4}$")
-
-
-def check_name(name: str) -> str:
-    """``name`` when it is a valid model name, else ConfigError naming the rule."""
-    if not NAME_RE.match(name):
-        raise ConfigError(
-            f"model name {name!r} is invalid: use letters, digits, '.', '_' or '-' (at most 64)")
-    return name
+WEIGHTS_NAME = "weights.safetensors"
+META_NAME = "meta.json"
+PRODUCTION_NAME = "production.json"
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -43,6 +35,10 @@ class Registry:
         self.prefix = prefix
 
     def version_uri(self, name: str, version: str, filename: str = "") -> str:
+        if not VERSION_RE.fullmatch(version):
+            raise ConfigError(f"model version {version!r} is not a version id (like "
+                              f"20261127T195512123456Z-3f2a): list them with "
+                              f"`rstream models ls {name}`")
         return join(self.prefix, check_name(name), version, filename)
 
     def weights_uri(self, name: str, version: str) -> str:
@@ -76,7 +72,7 @@ class Registry:
         for uri in self.storage.list(base):
             rest = uri[len(base):]
             version, _, filename = rest.partition("/")
-            if filename == META_NAME and VERSION_RE.match(version):
+            if filename == META_NAME and VERSION_RE.fullmatch(version):
                 found.append(version)
         return sorted(found)
 
@@ -84,7 +80,7 @@ class Registry:
         """Model names that have a production pointer or at least one version."""
         base = self.prefix.rstrip("/") + "/"
         seen = {uri[len(base):].split("/", 1)[0] for uri in self.storage.list(base)}
-        return sorted(n for n in seen if NAME_RE.match(n))
+        return sorted(n for n in seen if NAME_RE.fullmatch(n))
 
     def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
         """The production pointer and its ETag, or (None, None) when there is none yet."""

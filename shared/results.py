@@ -1,21 +1,33 @@
-"""Result lines: one JSON object per image, success or error, as written to result parts.
+"""Result lines and result parts: one JSON line per image, one part file per chunk.
 
+    {results}/{job}/part-000000.jsonl    the lines of chunk 0, one per URI, in the chunk's order
     {"uri": "...", "ok": true,  "top": [{"index": 3, "label": "cat", "prob": 0.91}, ...],
      "model": "digits@20261127T...-3f2a"}
     {"uri": "...", "ok": false, "error": {"type": "ImageError", "message": "..."}, "model": null}
+
+Everything about parts lives here: their names, their format, listing and reading a job's parts,
+counting a chunk's lines, and replacing the lines of retried URIs. A part's name comes from
+(job, chunk), so a redelivered chunk rewrites the same part instead of adding one.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from shared.errors import NotFoundError, PermanentError
+from shared.storage import Storage, join
+
 Line = dict[str, Any]
+
+PART_PREFIX = "part-"
+PART_NAME = PART_PREFIX + "{chunk:06d}.jsonl"
 
 
 def ok_line(uri: str, top: list[dict[str, Any]], model: str) -> Line:
-    """A success line: the top classes and the model version that produced them."""
+    """A success line: the top classes and the model id that produced them."""
     return {"uri": uri, "ok": True, "top": top, "model": model}
 
 
@@ -30,8 +42,79 @@ def encode(lines: Iterable[Line]) -> bytes:
     return b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)
 
 
-def decode(data: bytes) -> Iterator[Line]:
-    """The lines of a JSONL part, skipping blank lines."""
-    for raw in data.splitlines():
-        if raw.strip():
-            yield json.loads(raw)
+def decode(data: bytes, where: str = "result part") -> Iterator[Line]:
+    """The lines of a JSONL part, skipping blank lines; PermanentError on a corrupt line."""
+    for number, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError as exc:
+            raise PermanentError(f"{where} line {number} is not JSON ({exc})") from None
+        if not isinstance(line, dict) or "uri" not in line or "ok" not in line:
+            raise PermanentError(f"{where} line {number} is not a result line")
+        yield line
+
+
+def job_prefix(results: str, job: str) -> str:
+    """Where a job's parts and manifest live: ``{results}/{job}``."""
+    return join(results, job)
+
+
+def part_uri(results: str, job: str, chunk: int) -> str:
+    """Where chunk ``chunk`` of ``job`` writes its lines."""
+    return join(results, job, PART_NAME.format(chunk=chunk))
+
+
+def part_uris(storage: Storage, results: str, job: str) -> list[str]:
+    """The URIs of the job's parts in chunk order (zero-padded numbers sort as numbers)."""
+    return sorted(storage.list(join(results, job, PART_PREFIX)))
+
+
+def read_part(storage: Storage, uri: str) -> list[Line]:
+    """The lines of one part; NotFoundError when it was never written."""
+    return list(decode(storage.read(uri), uri))
+
+
+def job_lines(storage: Storage, results: str, job: str, *,
+              failed_only: bool = False) -> Iterator[Line]:
+    """The job's result lines, part by part in chunk order, one part in memory at a time."""
+    for uri in part_uris(storage, results, job):
+        for line in read_part(storage, uri):
+            if not failed_only or not line["ok"]:
+                yield line
+
+
+def failed_uris(storage: Storage, results: str, job: str, chunk: int) -> list[str] | None:
+    """The URIs whose line in the chunk's part is an error; None when the part is missing."""
+    try:
+        lines = read_part(storage, part_uri(results, job, chunk))
+    except NotFoundError:
+        return None
+    return [line["uri"] for line in lines if not line["ok"]]
+
+
+def count_lines(lines: Iterable[Line]) -> dict[str, Any]:
+    """ok / failed counts and images per model id, as the job record keeps them per chunk."""
+    ok = failed = 0
+    models: Counter[str] = Counter()
+    for line in lines:
+        if line["ok"]:
+            ok += 1
+            models[str(line["model"])] += 1
+        else:
+            failed += 1
+    return {"ok": ok, "failed": failed, "models": dict(models)}
+
+
+def replace_lines(existing: Iterable[Line], retried: Iterable[Line]) -> list[Line]:
+    """``existing`` with the lines of the retried URIs replaced in place.
+
+    NotFoundError when a retried URI has no line to replace: a retry never adds lines.
+    """
+    new = {line["uri"]: line for line in retried}
+    merged = [new.get(line["uri"], line) for line in existing]
+    missing = set(new) - {line["uri"] for line in merged}
+    if missing:
+        raise NotFoundError(f"retried URIs are not in the part: {sorted(missing)[:3]}")
+    return merged

@@ -20,13 +20,14 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from shared.backends import Backend, ObjectInfo
 from shared.errors import (
     AccessDeniedError,
     NotFoundError,
     PermanentError,
+    PreconditionFailed,
     TransientError,
 )
-from shared.storage import Backend, ObjectInfo, PreconditionFailed
 
 if TYPE_CHECKING:
     from shared.settings import Settings

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from shared.constants import MODEL_NAME_PATTERN
-from shared.errors import ConfigError
+from shared import modelref
+from shared.errors import ConfigError, RstreamError
 
 ENV_PREFIX = "RSTREAM_"
 
@@ -96,10 +96,12 @@ def _region(raw: str) -> str:
 
 
 def _model(raw: str) -> str:
-    value = raw.strip()  # the full grammar is checked where models load (worker.models)
-    head, colon, _ = value.partition(":")
-    if any(c.isspace() for c in value) or (colon and head not in ("random", "torchvision")):
-        raise ValueError("not NAME, NAME@VERSION, torchvision:ARCH:WEIGHTS or random:ARCH")
+    value = raw.strip()
+    if value:  # empty: no default model
+        try:
+            modelref.parse(value)
+        except RstreamError as exc:
+            raise ValueError(str(exc)) from None
     return value
 
 
@@ -148,7 +150,7 @@ def _cron(raw: str) -> str:
 
 def _model_name(raw: str) -> str:
     value = raw.strip()
-    if not re.fullmatch(MODEL_NAME_PATTERN, value):
+    if not modelref.NAME_RE.fullmatch(value):
         raise ValueError("not a model name")
     return value
 

@@ -1,6 +1,7 @@
 """Fixtures every test may use: settings from an empty environment, and real services.
 
-Services (the moto S3 server, a private ``redis-server``) are started by session fixtures.
+Services (the moto S3 server, a private ``redis-server``; see tests/services.py, which the
+benchmarks share) are started by session fixtures.
 When one cannot start, the test that asked for it is skipped with the reason, except under
 ``CI=true``, where it fails: CI must never pass by skipping. Use :func:`service_unavailable`
 for any new service fixture so that rule holds everywhere.
@@ -18,11 +19,6 @@ for any new service fixture so that rule holds everywhere.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +27,25 @@ from typing import Any, NoReturn
 import pytest
 
 from shared.settings import Settings
+from tests.services import RedisServer, ServiceUnavailable, moto_server
 
-REDIS_START_TIMEOUT_S = 10.0
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ is an integration test, by folder."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``gpu`` test skips without a CUDA device (torch is imported only for those)."""
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
 
 
 def in_ci() -> bool:
@@ -46,13 +59,6 @@ def service_unavailable(reason: str) -> NoReturn:
         pytest.fail(f"{reason} (CI=true: a missing service is a failure, not a skip)",
                     pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -78,23 +84,14 @@ def aws_environment() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def moto_server(aws_environment: None) -> Iterator[str]:
+@pytest.fixture(scope="session", name="moto_server")
+def moto_server_fixture(aws_environment: None) -> Iterator[str]:
     """The endpoint URL of moto's S3 server, running in a thread for the whole session."""
     try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        service_unavailable(f"moto[server] is not installed ({exc}): pip install -e '.[dev]'")
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+        with moto_server() as url:
+            yield url
+    except ServiceUnavailable as exc:
+        service_unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -127,15 +124,6 @@ def s3_settings(moto_server: str, s3_bucket: str, tmp_path: Path) -> Settings:
     )
 
 
-def _redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """The URL of a private ``redis-server`` for this session: ``redis://127.0.0.1:PORT/0``.
@@ -146,36 +134,14 @@ def redis_server() -> Iterator[str]:
     or job id) or flush it yourself. It is stopped (SIGTERM, then SIGKILL) at the end.
     Without ``redis-server`` on PATH the test is skipped, or fails under ``CI=true``.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        service_unavailable(
-            "redis-server is not installed: install it (apt-get install redis-server) to run "
-            "the tests that need Redis")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="rstream-redis-")
-    log = Path(workdir) / "redis.log"
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, "--logfile", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        while not _redis_answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                service_unavailable(
-                    f"redis-server did not start on port {port} "
-                    f"(exit code {process.poll()}): {detail}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        server = RedisServer().start()
+    except ServiceUnavailable as exc:
+        service_unavailable(str(exc))
+    try:
+        yield server.url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ logger = logging.getLogger(__name__)
 
 
 class Prediction(NamedTuple):
-    """What a future resolves to: the top classes and the model version that produced them."""
+    """What a future resolves to: the top classes and the id of the model that produced them."""
 
     top: Top
-    version: str
+    model_id: str
 
 
 @dataclass
@@ -171,7 +171,7 @@ class Batcher:
             return
         self._count(live, start, failed=False)
         for item, top in zip(live, tops, strict=True):
-            item.future.set_result(Prediction(top, predictor.version))
+            item.future.set_result(Prediction(top, predictor.model_id))
 
     def _count(self, live: list[_Item], start: float, *, failed: bool) -> None:
         metrics.BATCH_SIZE.observe(len(live))

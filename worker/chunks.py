@@ -8,22 +8,29 @@ key comes from the job and the chunk index) and is counted once (see shared/jobs
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared import results as result_lines
-from shared.errors import NotFoundError, PermanentError
+from shared.errors import PermanentError
 from shared.jobs import CANCELLED, JobStore
-from shared.manifest import part_uri, write_manifest
+from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
+from shared.results import (
+    Line,
+    count_lines,
+    encode,
+    error_line,
+    part_uri,
+    read_part,
+    replace_lines,
+)
 from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
 
 
 class Scorer(Protocol):
-    def score(self, uris: list[str], model_ref: str) -> list[dict[str, Any]]: ...
+    def score(self, uris: list[str], model_ref: str) -> list[Line]: ...
 
 
 @dataclass
@@ -43,7 +50,7 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
     every URI instead of scoring, so the job still ends with one line per image.
     """
     job = ctx.jobs.get(message.job)
-    if job.fields["status"] == CANCELLED:
+    if job.status == CANCELLED:
         return {"chunk": message.chunk, "skipped": "job cancelled"}
     if ctx.jobs.is_done(message.job, message.chunk, message.generation):
         return {"chunk": message.chunk, "skipped": "already done"}  # a redelivered duplicate
@@ -51,8 +58,8 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
     assert len(lines) == len(message.uris), "one result line per URI"
     uri = part_uri(message.results, message.job, message.chunk)
     if message.generation > 0:
-        lines = _replace_lines(ctx.storage.read(uri), lines)
-    ctx.storage.write(uri, result_lines.encode(lines))
+        lines = replace_lines(read_part(ctx.storage, uri), lines)
+    ctx.storage.write(uri, encode(lines))
     counts = count_lines(lines)
     if ctx.jobs.complete(message.job, message.chunk, message.generation, counts):
         manifest = write_manifest(ctx.storage, ctx.jobs, message.job)
@@ -61,7 +68,7 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
     return {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"]}
 
 
-def _score(message: ChunkMessage, ctx: ChunkContext) -> list[dict[str, Any]]:
+def _score(message: ChunkMessage, ctx: ChunkContext) -> list[Line]:
     try:
         return ctx.engine.score(message.uris, message.model)
     except PermanentError as exc:  # the model cannot be resolved or loaded: no retry helps
@@ -69,22 +76,5 @@ def _score(message: ChunkMessage, ctx: ChunkContext) -> list[dict[str, Any]]:
         return _error_lines(message, exc)
 
 
-def _error_lines(message: ChunkMessage, exc: Exception) -> list[dict[str, Any]]:
-    return [result_lines.error_line(uri, exc) for uri in message.uris]
-
-
-def count_lines(lines: list[dict[str, Any]]) -> dict[str, Any]:
-    """ok / failed counts and images per model version, as recorded for the chunk."""
-    ok = sum(1 for line in lines if line["ok"])
-    models = Counter(str(line["model"]) for line in lines if line["ok"])
-    return {"ok": ok, "failed": len(lines) - ok, "models": dict(models)}
-
-
-def _replace_lines(existing: bytes, retried: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The part's lines with the retried URIs' lines replaced in place."""
-    new = {line["uri"]: line for line in retried}
-    merged = [new.get(line["uri"], line) for line in result_lines.decode(existing)]
-    missing = set(new) - {line["uri"] for line in merged}
-    if missing:
-        raise NotFoundError(f"retried URIs are not in the part: {sorted(missing)[:3]}")
-    return merged
+def _error_lines(message: ChunkMessage, exc: Exception) -> list[Line]:
+    return [error_line(uri, exc) for uri in message.uris]

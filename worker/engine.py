@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from torch import Tensor
 
+from shared import modelref
 from shared.errors import RstreamError, TransientError
 from shared.registry import Registry
 from shared.results import Line, error_line, ok_line
@@ -27,7 +28,7 @@ from shared.storage import Storage
 from worker import metrics
 from worker.batcher import Batcher, Prediction
 from worker.device import resolve_device
-from worker.models import ModelRef, load_model
+from worker.models import load_model
 from worker.onnx import make_predictor
 from worker.predict import Predictor
 from worker.preprocess import Preprocessing, decode_image
@@ -77,7 +78,7 @@ class Engine:
             if isinstance(item, Exception):
                 lines.append(error_line(uri, item))
             else:
-                lines.append(_line(uri, next(futures), predictor.version))
+                lines.append(_line(uri, next(futures), predictor.model_id))
         return lines
 
     def predictor_for(self, ref: str) -> Predictor:
@@ -96,11 +97,11 @@ class Engine:
             with self._lock:
                 self._predictors[key] = predictor
                 self._loading.pop(key, None)
-                metrics.SERVING.labels(predictor.version).set(1)
+                metrics.SERVING.labels(predictor.model_id).set(1)
                 while len(self._predictors) > CACHED_PREDICTORS:
                     _, evicted = self._predictors.popitem(last=False)
                     with contextlib.suppress(KeyError):  # two refs may name one version
-                        metrics.SERVING.remove(evicted.version)
+                        metrics.SERVING.remove(evicted.model_id)
         return predictor
 
     def resolve_ref(self, ref: str) -> str:
@@ -108,11 +109,11 @@ class Engine:
 
         A name follows its production pointer, read at most every ``reload_interval`` seconds;
         a new version loads in the background and serves once loaded (see worker/reload.py).
-        Other references come back unchanged.
+        Other references come back in their canonical form (``str(modelref.parse(ref))``).
         """
-        parsed = ModelRef.parse(ref)
-        if parsed.kind != "registry" or parsed.version:
-            return ref.strip()
+        parsed = modelref.parse(ref)
+        if not parsed.follows_production:
+            return str(parsed)
         return f"{parsed.name}@{self._production.version(parsed.name)}"
 
     def close(self) -> None:
@@ -132,7 +133,7 @@ class Engine:
         loaded = load_model(ref, self.registry)
         predictor = make_predictor(self.settings.backend, loaded, self.device,
                                    self.settings.precision, self.settings.topk)
-        logger.info("loaded %s on %s in %.2fs", predictor.version, self.device,
+        logger.info("loaded %s on %s in %.2fs", predictor.model_id, self.device,
                     time.monotonic() - start)
         return predictor
 
@@ -161,9 +162,9 @@ class Engine:
         raise AssertionError("unreachable")
 
 
-def _line(uri: str, future: Future[Prediction], version: str) -> Line:
+def _line(uri: str, future: Future[Prediction], model_id: str) -> Line:
     try:
         top, produced_by = future.result()
     except Exception as exc:  # the forward of this image's batch failed: the model ran
-        return error_line(uri, exc, version)
+        return error_line(uri, exc, model_id)
     return ok_line(uri, top, produced_by)

@@ -45,8 +45,10 @@ def parse_gpus(text: str) -> list[str]:
     return gpus
 
 
-def worker_command(settings: Settings, queue: str, concurrency: int, name: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queue,
+def worker_command(settings: Settings, queue: str, concurrency: int, name: str, *,
+                   app: str = "worker.app") -> list[str]:
+    """The command line of one worker process: Celery's worker on ``app`` with threads."""
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
             "--pool", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle"]
 

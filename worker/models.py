@@ -1,10 +1,7 @@
-"""Model references, loading and saving. Loading never executes code from a file.
+"""Loading and saving models. Loading never executes code from a file.
 
-One reference syntax everywhere (``--model``, ``RSTREAM_MODEL``, task messages):
-
-- ``NAME`` (the production version) or ``NAME@VERSION``: the registry in storage;
-- ``torchvision:resnet50:IMAGENET1K_V2``: torchvision's weights from the local torch hub cache;
-- ``random:resnet18[:classes=N][:seed=S]``: a seeded random initialization.
+References (``NAME``, ``NAME@VERSION``, ``torchvision:ARCH:WEIGHTS``, ``random:ARCH``) are
+parsed by :mod:`shared.modelref`; this module turns a parsed one into a module on the CPU.
 """
 
 from __future__ import annotations
@@ -21,68 +18,11 @@ import torch
 import torchvision
 from torch import nn
 
+from shared import modelref
 from shared.errors import ModelError, NotFoundError
-from shared.registry import Registry, check_name, new_version
+from shared.modelref import ARCHS, ModelRef
+from shared.registry import Registry, new_version
 from worker.preprocess import Preprocessing
-
-ARCHS = ("resnet18", "resnet50")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A parsed model reference."""
-
-    kind: str  # "registry" | "torchvision" | "random"
-    arch: str = ""
-    name: str = ""
-    version: str = ""  # registry: empty means the production pointer
-    weights: str = ""  # torchvision: e.g. IMAGENET1K_V2
-    classes: int = 1000
-    seed: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        text = text.strip()
-        if not text:
-            raise ModelError("no model given: pass --model or set RSTREAM_MODEL "
-                             "(e.g. random:resnet18, NAME, NAME@VERSION)")
-        head, _, rest = text.partition(":")
-        if head == "random":
-            return cls._parse_random(text, rest)
-        if head == "torchvision":
-            arch, _, weights = rest.partition(":")
-            _check_arch(arch, text)
-            return cls("torchvision", arch=arch, weights=weights or "DEFAULT")
-        if ":" in text:
-            raise ModelError(f"model reference {text!r} is not understood: use NAME, NAME@VERSION, "
-                             "torchvision:ARCH:WEIGHTS or random:ARCH")
-        name, _, version = text.partition("@")
-        try:
-            check_name(name)
-        except Exception as exc:
-            raise ModelError(f"model reference {text!r}: {exc}") from None
-        return cls("registry", name=name, version=version)
-
-    @classmethod
-    def _parse_random(cls, text: str, rest: str) -> ModelRef:
-        arch, *options = rest.split(":")
-        _check_arch(arch, text)
-        values = {"classes": 1000, "seed": 0}
-        for option in options:
-            key, _, raw = option.partition("=")
-            if key not in values or not raw.isdigit():
-                raise ModelError(f"model reference {text!r}: option {option!r} is not "
-                                 "classes=N or seed=S")
-            values[key] = int(raw)
-        if values["classes"] < 1:
-            raise ModelError(f"model reference {text!r}: classes must be at least 1")
-        return cls("random", arch=arch, classes=values["classes"], seed=values["seed"])
-
-
-def _check_arch(arch: str, text: str) -> None:
-    if arch not in ARCHS:
-        raise ModelError(f"model reference {text!r}: architecture {arch!r} is not one of "
-                         f"{', '.join(ARCHS)}")
 
 
 @dataclass
@@ -90,7 +30,7 @@ class LoadedModel:
     """A model ready for inference, on the CPU, in eval mode, and what it is."""
 
     module: nn.Module
-    version: str  # what result lines name: "NAME@VERSION", "random:resnet18:classes=…", …
+    model_id: str  # what result lines name: "NAME@VERSION", "random:resnet18:classes=…", …
     classes: list[str]
     preprocessing: Preprocessing
     arch: str
@@ -105,7 +45,7 @@ def build(arch: str, num_classes: int) -> nn.Module:
 
 def load_model(ref: str | ModelRef, registry: Registry | None = None) -> LoadedModel:
     """Resolve ``ref`` and load it on the CPU in eval mode."""
-    parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
+    parsed = modelref.parse(ref) if isinstance(ref, str) else ref
     if parsed.kind == "random":
         loaded = _load_random(parsed)
     elif parsed.kind == "torchvision":
@@ -125,7 +65,7 @@ def _load_random(ref: ModelRef) -> LoadedModel:
         module = build(ref.arch, ref.classes)
     return LoadedModel(
         module=module,
-        version=f"random:{ref.arch}:classes={ref.classes}:seed={ref.seed}",
+        model_id=str(ref),
         classes=[f"class_{i}" for i in range(ref.classes)],
         preprocessing=Preprocessing(),
         arch=ref.arch,

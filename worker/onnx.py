@@ -53,7 +53,7 @@ class OnnxPredictor(Predictor):
         options.intra_op_num_threads = torch.get_num_threads()
         self.session = onnxruntime.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        logger.info("%s exported to ONNX (%.1f MB)", self.version, buffer.tell() / 1e6)
+        logger.info("%s exported to ONNX (%.1f MB)", self.model_id, buffer.tell() / 1e6)
 
     def _logits(self, x: Tensor) -> Tensor:
         (logits,) = self.session.run(None, {"x": x.float().contiguous().numpy()})

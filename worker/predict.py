@@ -48,7 +48,7 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel, device: torch.device, precision: str = "auto",
                  topk: int = 5) -> None:
-        self.version = loaded.version
+        self.model_id = loaded.model_id
         self.classes = list(loaded.classes)
         self.preprocessing = loaded.preprocessing
         self.device = device
@@ -59,7 +59,7 @@ class Predictor:
         self._cap_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Predictor({self.version!r}, {self.device}, {self.dtype or 'fp32'})"
+        return f"Predictor({self.model_id!r}, {self.device}, {self.dtype or 'fp32'})"
 
     def collate(self, images: Sequence[Tensor]) -> Tensor:
         """Stack ``[3, H, W]`` images into one batch, in pinned memory when serving CUDA."""
@@ -81,10 +81,10 @@ class Predictor:
             tops.extend(self._predict_split(images[len(tops):len(tops) + step]))
         if self.cap != cap_before:
             logger.warning("%s: out of memory on %s with a batch of %d images; batches are "
-                           "capped at %d images from now on", self.version, self.device,
+                           "capped at %d images from now on", self.model_id, self.device,
                            min(total, cap_before or total), self.cap)
         if len(tops) != total:
-            raise ModelError(f"{self.version}: {len(tops)} results for {total} images")
+            raise ModelError(f"{self.model_id}: {len(tops)} results for {total} images")
         return tops
 
     def _predict_split(self, images: Tensor) -> list[Top]:
@@ -108,7 +108,7 @@ class Predictor:
             x = normalize(x, self.preprocessing).contiguous(memory_format=torch.channels_last)
             logits = self._logits(x)
             if logits.ndim != 2 or logits.shape[0] != len(images):
-                raise ModelError(f"{self.version}: output of shape {list(logits.shape)} for "
+                raise ModelError(f"{self.model_id}: output of shape {list(logits.shape)} for "
                                  f"{len(images)} images; expected [{len(images)}, classes]")
             probs = torch.softmax(logits.float(), dim=1)
             values, indices = probs.topk(self.topk, dim=1)

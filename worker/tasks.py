@@ -125,7 +125,7 @@ def register(app: Celery, settings: Settings) -> ProcessState:
               time_limit=settings.train_time_limit,
               soft_time_limit=max(1, settings.train_time_limit - 60))
     def finetune(self: Task, **options: Any) -> dict[str, Any]:
-        from worker.trainer import train_once
+        from worker.finetune.task import train_once
 
         return train_once(settings, self.request.id or "manual", **options)
 

@@ -8,8 +8,8 @@ import zlib
 
 from PIL import Image
 
-from shared.samples import variants
 from shared.storage import Storage, join
+from worker.samples import variants
 
 
 def good_images(count: int, seed: int = 0) -> list[tuple[str, bytes]]:

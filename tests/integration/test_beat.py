@@ -7,15 +7,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 import redis
 from celery.beat import Scheduler
 
 from shared.celery_app import beat_schedule, make_app
 from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
 from tests.conftest import make_settings
-
-pytestmark = pytest.mark.integration
 
 
 class Clock:

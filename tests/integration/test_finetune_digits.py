@@ -19,14 +19,14 @@ from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.digits import digit_pngs, render_digits
-from worker import datasets
-from worker.evaluation import evaluate
-from worker.finetune import run_finetune
+from worker.finetune import dataset
+from worker.finetune.evaluation import evaluate
+from worker.finetune.loop import TrainConfig
+from worker.finetune.run import run_finetune
 from worker.models import load_model
 from worker.preprocess import Preprocessing
-from worker.training_loop import TrainConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 logger = logging.getLogger(__name__)
 
 START = "random:resnet18:classes=10:seed=0"
@@ -68,12 +68,12 @@ def test_finetune_from_random_init_learns_the_digits(tmp_path: Path) -> None:
 
 def untrained_accuracy(storage: Storage, source: str, max_pixels: int) -> float:
     """The start model's accuracy, untrained, on the same validation split and preprocessing."""
-    items = datasets.list_labelled(storage, source)
-    classes = datasets.classes_of(items)
-    _, val = datasets.split(items, CONFIG.val_percent)
+    items = dataset.list_labelled(storage, source)
+    classes = dataset.classes_of(items)
+    _, val = dataset.split(items, CONFIG.val_percent)
     spec = Preprocessing(resize=36, crop=32)
-    loader = datasets.loader(
-        datasets.eval_dataset(storage, val, classes, spec, max_pixels), batch_size=64,
+    loader = dataset.loader(
+        dataset.eval_dataset(storage, val, classes, spec, max_pixels), batch_size=64,
         workers=0, seed=0, device=torch.device("cpu"), shuffle=False)
     result = evaluate(load_model(START).module, loader, spec, classes,
                       device=torch.device("cpu"), dtype=None)
@@ -88,16 +88,16 @@ def test_labelled_images_list_from_s3_with_their_etags(s3_settings: Settings,
         storage.write(f"{source}/{name}", data)
     storage.write(f"{source}/README.txt", b"beside the class folders")
 
-    items = datasets.list_labelled(storage, source)
+    items = dataset.list_labelled(storage, source)
 
     assert len(items) == 30
     assert all(item.uri == f"{source}/{item.label}/{item.uri.rsplit('/', 1)[1]}"
                for item in items)
     assert all(item.tag == storage.stat(item.uri).etag for item in items)
-    before = datasets.fingerprint(items)
+    before = dataset.fingerprint(items)
     storage.write(items[0].uri, list(digit_pngs(31))[-1][1])  # another digit's bytes
-    assert datasets.fingerprint(datasets.list_labelled(storage, source)) != before
-    classes = datasets.classes_of(items)
-    samples = datasets.eval_dataset(storage, items, classes, Preprocessing(36, 32), 10**6)
+    assert dataset.fingerprint(dataset.list_labelled(storage, source)) != before
+    classes = dataset.classes_of(items)
+    samples = dataset.eval_dataset(storage, items, classes, Preprocessing(36, 32), 10**6)
     image, label = samples[0]  # type: ignore[misc]
     assert image.shape == (3, 32, 32) and classes[label] == items[0].label

@@ -6,18 +6,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 from producer import monitor
 from producer.submit import Client, submit
 from shared.registry import Registry
-from shared.samples import write_samples
 from shared.settings import Settings
 from shared.storage import Storage, join
 from tests.integration.test_pipeline import pipeline_settings
-from tests.integration.workers import WorkerProcess
-
-pytestmark = pytest.mark.integration
+from tests.services import WorkerProcess
+from worker.samples import write_samples
 
 
 def publish(settings: Settings, seed: int) -> str:

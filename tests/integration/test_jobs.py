@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 
@@ -9,8 +10,6 @@ import pytest
 
 from shared.errors import PermanentError
 from shared.jobs import CANCELLED, DONE, RUNNING, JobStore
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -41,17 +40,31 @@ def test_redelivered_chunk_is_counted_once_and_finishes_the_job_once(store: JobS
     assert store.complete(job, 1, 0, counts(3, 1)), "the last chunk finishes the job"
     assert not store.complete(job, 1, 0, counts(3, 1)), "only one caller writes the manifest"
     record = store.get(job)
-    assert record.fields["status"] == DONE
+    assert record.status == DONE
     assert (record.ok, record.failed, record.images, record.chunks) == (7, 1, 8, 2)
+
+
+def test_a_record_is_typed_and_built_in_one_place(store: JobStore) -> None:
+    job = new_job(store)
+    store.mark_sent(job, 0, 0, 4)
+    record = store.get(job)
+    assert (record.status, record.submitting, record.outstanding, record.images) == (
+        RUNNING, True, 1, 4)
+    assert isinstance(record.created_at, float) and record.finished_at is None
+    assert record.as_dict()["job"] == job and record.as_dict()["chunk_size"] == 4
+    store.end_submit(job)
+    assert store.get(job).submitting is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.status = DONE  # type: ignore[misc]
 
 
 def test_job_done_before_submission_ends_is_finished_by_end_submit(store: JobStore) -> None:
     job = new_job(store)
     store.mark_sent(job, 0, 0, 4)
     assert not store.complete(job, 0, 0, counts(4, 0)), "the producer is still sending"
-    assert store.get(job).fields["status"] == RUNNING
+    assert store.get(job).status == RUNNING
     assert store.end_submit(job)
-    assert store.get(job).fields["status"] == DONE
+    assert store.get(job).status == DONE
 
 
 def test_retry_replaces_counts_instead_of_adding(store: JobStore) -> None:
@@ -63,11 +76,11 @@ def test_retry_replaces_counts_instead_of_adding(store: JobStore) -> None:
     assert generation == 1
     assert store.mark_sent(job, 0, generation, 2)
     store.end_submit(job)
-    assert store.get(job).fields["status"] == RUNNING
+    assert store.get(job).status == RUNNING
     assert store.complete(job, 0, generation, counts(3, 1))
     record = store.get(job)
     assert (record.ok, record.failed, record.images) == (3, 1, 4)
-    assert record.fields["status"] == DONE
+    assert record.status == DONE
 
 
 def test_concurrent_completions_elect_exactly_one_manifest_writer(store: JobStore) -> None:
@@ -105,4 +118,4 @@ def test_cancel_and_retry_of_running_job(store: JobStore) -> None:
     job = new_job(store)
     with pytest.raises(PermanentError, match="still running"):
         store.start_retry(job)
-    assert store.cancel(job).fields["status"] == CANCELLED
+    assert store.cancel(job).status == CANCELLED

@@ -32,11 +32,9 @@ from shared.manifest import manifest_uri
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage, join
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 from tests.integration.pipeline_data import good_images, write_dataset
-from tests.integration.workers import WorkerProcess
-
-pytestmark = pytest.mark.integration
+from tests.services import WorkerProcess, free_port
 
 WAIT_S = 240.0
 
@@ -107,9 +105,9 @@ def check_job(client: Client, job: str, uris: list[str], model: str) -> list[dic
     assert all(line["error"]["message"] for line in failed), "each error says why"
     assert {line["model"] for line in lines if line["ok"]} == {model}
     record = client.jobs.get(job)
-    assert record.fields["status"] == DONE
+    assert record.status == DONE
     assert (record.ok, record.failed, record.images) == (len(uris) - 10, 10, len(uris))
-    manifest = json.loads(client.storage.read(manifest_uri(record.fields["results"], job)))
+    manifest = json.loads(client.storage.read(manifest_uri(record.results, job)))
     assert (manifest["images"], manifest["ok"], manifest["failed"]) == (len(uris),
                                                                         len(uris) - 10, 10)
     assert manifest["models"] == {model: len(uris) - 10}
@@ -260,7 +258,7 @@ def test_cancel_skips_queued_chunks(redis_server: str, tmp_path: Path) -> None:
     for name, blob in good_images(48, seed=5):
         client.storage.write(f"cancel/{name}", blob)
     job = submit("cancel/", model=save_tiny_model(settings), client=client)
-    assert client.jobs.cancel(job).fields["status"] == CANCELLED
+    assert client.jobs.cancel(job).status == CANCELLED
     worker = WorkerProcess(settings, tmp_path / "worker.log", "cancel").wait_ready()
     try:
         deadline = time.monotonic() + WAIT_S
@@ -310,8 +308,8 @@ def test_a_part_that_cannot_be_written_stalls_the_job_visibly(env: tuple[Setting
     job = submit(prefix, model=model, client=client)
     final = monitor.wait(client.jobs, client.storage, job, show_progress=False,
                          timeout_s=WAIT_S)
-    assert final.stalled and final.fields["stalled"] == 1
-    assert "Not a directory" in final.fields["last_error"]
+    assert final.stalled and final.stalled_chunks == 1
+    assert "Not a directory" in final.last_error
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -1,14 +1,12 @@
 """Redis dies mid-job and comes back (append-only file on): nothing lost, nothing twice.
 
 This test runs its own redis-server, with the append-only file fsynced on every write as
-docker-compose.yml's Redis keeps one, and SIGKILLs it; the session's Redis is never touched.
+docker-compose.yml's Redis keeps one (tests/services.py, durable=True), and SIGKILLs it; the
+session's Redis is never touched.
 """
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,57 +15,25 @@ import pytest
 
 from producer import monitor
 from producer.submit import Client, resume, submit
-from shared.samples import write_samples
 from shared.storage import join
-from tests.conftest import _redis_answers, free_port, service_unavailable
+from tests.conftest import service_unavailable
 from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
-from tests.integration.workers import WorkerProcess
-
-pytestmark = pytest.mark.integration
-
-
-class DurableRedis:
-    """A redis-server with its append-only file in ``workdir``, that can be killed and restarted."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            service_unavailable("redis-server is not installed (apt-get install redis-server)")
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not _redis_answers(self.port):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+from tests.services import RedisServer, ServiceUnavailable, WorkerProcess
+from worker.samples import write_samples
 
 
 @pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
-    server = DurableRedis(tmp_path)
-    server.start()
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tmp_path, durable=True).start()
+    except ServiceUnavailable as exc:
+        service_unavailable(str(exc))
     yield server
-    if server.process and server.process.poll() is None:
-        server.process.terminate()
-        server.process.wait()
+    server.stop()
 
 
 def test_redis_killed_and_restarted_mid_job_loses_no_image(
-        durable_redis: DurableRedis, tmp_path: Path) -> None:
+        durable_redis: RedisServer, tmp_path: Path) -> None:
     settings = pipeline_settings(durable_redis.url, tmp_path / "root", chunk_size=8,
                                  max_batch=8, task_time_limit=10, visibility_timeout=12)
     client = Client(settings)

@@ -15,8 +15,6 @@ from shared.constants import INFER_QUEUE, JOB_KEY
 from shared.errors import ConfigError
 from tests.integration.test_pipeline import pipeline_settings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def client(redis_server: str, tmp_path: Path) -> Client:

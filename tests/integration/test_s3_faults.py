@@ -23,8 +23,6 @@ from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.integration
-
 SERVICE_UNAVAILABLE = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable"
                        b"</Code><Message>Please reduce your request rate.</Message></Error>")
 

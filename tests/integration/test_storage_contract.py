@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import AccessDeniedError, NotFoundError, TransientError
-from shared.storage import PreconditionFailed, Storage
-from tests.conftest import free_port, make_settings
+from shared.errors import AccessDeniedError, NotFoundError, PreconditionFailed, TransientError
+from shared.storage import Storage
+from tests.conftest import make_settings
 from tests.integration.conftest import Target
-
-pytestmark = pytest.mark.integration
+from tests.services import free_port
 
 UNICODE_NAME = "données/画像 #1?.jpg"  # non-ASCII, a space, and characters URIs reserve
 

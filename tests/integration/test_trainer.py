@@ -23,17 +23,17 @@ import redis
 from producer import monitor
 from producer.submit import Client, submit
 from shared.constants import TRAIN_LOCK_KEY
+from shared.finetune_runs import TrainingLock, TrainRuns
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.training import TrainingLock, TrainRuns
 from tests.conftest import make_settings
 from tests.digits import digit_pngs, render_digits
 from tests.integration.test_pipeline import pipeline_settings
-from tests.integration.workers import REPO, WorkerProcess
-from worker.trainer import train_once
+from tests.services import REPO, WorkerProcess
+from worker.finetune.task import train_once
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 START = "random:resnet18:classes=10:seed=0"
 TINY = {"resize": 36, "crop": 32, "batch_size": 32, "val_percent": 25, "seed": 0}

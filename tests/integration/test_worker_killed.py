@@ -7,18 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from producer import monitor
 from producer.submit import Client, submit
 from shared.constants import INFER_TASK
-from shared.samples import write_samples
 from shared.settings import Settings
 from shared.storage import join
 from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
-from tests.integration.workers import WorkerProcess
-
-pytestmark = pytest.mark.integration
+from tests.services import WorkerProcess
+from worker.samples import write_samples
 
 
 @dataclass
@@ -67,7 +63,7 @@ def test_killed_worker_loses_no_image_and_reports_none_twice(
     run = start_job(redis_server, tmp_path, db=2, seed=11)
     settings, client, job, first = run.settings, run.client, run.job, run.first
     first.kill()
-    assert client.jobs.get(job).fields["status"] == "running", "killed before the job ended"
+    assert client.jobs.get(job).status == "running", "killed before the job ended"
     second = finish_on_a_second_worker(run, tmp_path)
     record = client.jobs.get(job)
     assert (record.ok, record.failed, record.images) == (120, 0, 120)
@@ -89,6 +85,6 @@ def test_sigterm_finishes_running_chunks_and_returns_the_rest(
     assert first.stop() == 0, "a warm shutdown exits cleanly"
     finished = tasks(first.log(), "succeeded")
     assert tasks(first.log(), "received") <= finished, "every chunk it started, it finished"
-    assert run.client.jobs.get(run.job).fields["status"] == "running"
+    assert run.client.jobs.get(run.job).status == "running"
     second = finish_on_a_second_worker(run, tmp_path)
     assert not finished & tasks(second.log(), "received"), "nothing was done twice"

@@ -91,7 +91,7 @@ def test_concurrent_callers_each_get_their_own_results_in_order(plain: Predictor
         expected = plain.predict(torch.stack(images))
         assert len(results[t]) == 12
         for got, want in zip(results[t], expected, strict=True):
-            assert got.version == plain.version
+            assert got.model_id == plain.model_id
             assert probs(got.top) == pytest.approx(probs(want), abs=1e-5)
     distinct = {tuple(round(p, 3) for p in probs(top)) for top in plain.predict(
         torch.stack([im for images in per_thread for im in images]))}
@@ -158,10 +158,10 @@ def test_swap_applies_to_later_submissions_and_batches_never_mix() -> None:
     plain_old = old.predict(torch.stack(images_with_markers([11, 12, 13])))
     plain_new = new.predict(torch.stack(images_with_markers([21, 22, 23])))
     for future, want in zip(queued_old, plain_old, strict=True):
-        assert future.result().version == old.version
+        assert future.result().model_id == old.model_id
         assert probs(future.result().top) == pytest.approx(probs(want), abs=1e-5)
     for future, want in zip(queued_new, plain_new, strict=True):
-        assert future.result().version == new.version
+        assert future.result().model_id == new.model_id
         assert probs(future.result().top) == pytest.approx(probs(want), abs=1e-5)
     assert all(f.done() for f in running)
 
@@ -187,4 +187,4 @@ def test_an_image_of_the_wrong_shape_fails_alone(plain: Predictor) -> None:
         futures = batcher.submit([good[0], wrong, good[1]])
     with pytest.raises(ImageError, match="does not fit"):
         futures[1].result()
-    assert futures[0].result().version == futures[2].result().version == plain.version
+    assert futures[0].result().model_id == futures[2].result().model_id == plain.model_id

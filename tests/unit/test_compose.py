@@ -81,3 +81,10 @@ def test_trainer_consumes_the_train_queue_and_beat_schedules(services: dict[str,
         "gpu"]
     assert services["beat"]["command"] == ["rstream", "beat"]
     assert "RSTREAM_TRAIN_SCHEDULE" in services["beat"]["environment"]
+
+
+def test_the_image_installs_the_worker_extra() -> None:
+    # The core install is the submission side only: a worker image without the extra has no
+    # torch, and every worker service in the file would crash at its first chunk.
+    dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir '.[worker]'" in dockerfile

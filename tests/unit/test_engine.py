@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from shared.errors import NotFoundError, TransientError
+from shared.localfs import LocalBackend
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.storage import LocalBackend, Storage
+from shared.storage import Storage
 from tests.conftest import make_settings
 from worker import engine as engine_module
 from worker.engine import Engine
@@ -26,7 +27,6 @@ from worker.models import build, save_model
 from worker.preprocess import Preprocessing, decode_image
 
 SMALL = Preprocessing(resize=72, crop=64)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PHOTOS = Path(skimage.__file__).parent / "data"
 GOOD = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"]
 
@@ -195,7 +195,7 @@ def test_concurrent_calls_each_get_their_own_lines(
                 assert [e["index"] for e in a["top"]] == [e["index"] for e in b["top"]]
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_scoring_on_cuda_agrees_with_the_cpu(
         settings: Settings, storage: Storage, registry: Registry) -> None:
     version = publish(registry, seed=1)

@@ -16,17 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.errors import ConfigError, NotFoundError
+from shared.errors import ConfigError, NotFoundError, PreconditionFailed
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.storage import PreconditionFailed, Storage
+from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.images import photo
-from worker import datasets
-from worker.finetune import run_finetune
+from worker.finetune import dataset
+from worker.finetune.loop import TrainConfig, make_optimizer, prepare
+from worker.finetune.run import run_finetune
 from worker.models import load_model, load_version, save_model
 from worker.preprocess import Preprocessing
-from worker.training_loop import TrainConfig, make_optimizer, prepare
 
 START = "random:resnet18:classes=2:seed=0"
 FAST = {"epochs": 1, "batch_size": 8, "resize": 36, "crop": 32, "val_percent": 25}
@@ -167,9 +167,9 @@ def test_a_candidate_that_loses_the_promotion_race_says_so_in_its_meta(
 def swapped_training_labels(storage: Storage, settings: Settings) -> str:
     """A labels manifest of the same images, training labels swapped, validation ones right."""
     lines = []
-    for item in datasets.list_labelled(storage, settings.train_data):
+    for item in dataset.list_labelled(storage, settings.train_data):
         label = item.label
-        if not datasets.is_validation(item.uri, FAST["val_percent"]):
+        if not dataset.is_validation(item.uri, FAST["val_percent"]):
             label = "red" if label == "blue" else "blue"
         lines.append(json.dumps({"uri": item.uri, "label": label}))
     storage.write("swapped.jsonl", "\n".join(lines).encode())
@@ -244,13 +244,13 @@ def test_unchanged_training_data_skips_training(env: tuple[Settings, Storage, Re
 def test_fingerprint_follows_uris_labels_and_contents(
         env: tuple[Settings, Storage, Registry]) -> None:
     settings, storage, _ = env
-    items = datasets.list_labelled(storage, settings.train_data)
-    original = datasets.fingerprint(items)
-    assert datasets.fingerprint(list(reversed(items))) == original
-    relabelled = [datasets.LabelledImage(items[0].uri, "red", items[0].tag), *items[1:]]
-    assert items[0].label == "blue" and datasets.fingerprint(relabelled) != original
+    items = dataset.list_labelled(storage, settings.train_data)
+    original = dataset.fingerprint(items)
+    assert dataset.fingerprint(list(reversed(items))) == original
+    relabelled = [dataset.LabelledImage(items[0].uri, "red", items[0].tag), *items[1:]]
+    assert items[0].label == "blue" and dataset.fingerprint(relabelled) != original
     storage.write(items[0].uri, storage.read(items[0].uri) + b"\0")  # size and ETag change
-    assert datasets.fingerprint(datasets.list_labelled(storage, settings.train_data)) != original
+    assert dataset.fingerprint(dataset.list_labelled(storage, settings.train_data)) != original
 
 
 def test_labels_come_from_class_folders_or_a_manifest(
@@ -259,40 +259,40 @@ def test_labels_come_from_class_folders_or_a_manifest(
     storage.write("train/README.txt", b"beside the class folders")
     storage.write("train/red/.hidden.png", b"editor junk")
     storage.write("train/red/notes.txt", b"not an image")
-    items = datasets.list_labelled(storage, settings.train_data)
+    items = dataset.list_labelled(storage, settings.train_data)
     assert len(items) == 2 * PER_CLASS and {i.label for i in items} == set(TINTS)
     assert all(i.uri.startswith(f"train/{i.label}/") for i in items)
     lines = [{"uri": i.uri, "label": i.label.upper()} for i in items[::5]]
     storage.write("labels.jsonl", "\n".join(json.dumps(x) for x in lines).encode() + b"\n\n")
 
-    from_manifest = datasets.list_labelled(storage, "labels.jsonl")
+    from_manifest = dataset.list_labelled(storage, "labels.jsonl")
 
     assert [(i.uri, i.label) for i in from_manifest] == [(x["uri"], x["label"]) for x in lines]
     storage.write("bad.jsonl", b'{"uri": "train/red/000.png"}\n')
     with pytest.raises(ConfigError, match="line 1"):
-        datasets.list_labelled(storage, "bad.jsonl")
+        dataset.list_labelled(storage, "bad.jsonl")
 
 
 def test_validation_split_is_stable_and_near_the_percentage(
         env: tuple[Settings, Storage, Registry]) -> None:
-    many = [datasets.LabelledImage(f"train/x/{i}.png", "x", "1") for i in range(2000)]
-    train, val = datasets.split(many, 20)
+    many = [dataset.LabelledImage(f"train/x/{i}.png", "x", "1") for i in range(2000)]
+    train, val = dataset.split(many, 20)
     assert 300 < len(val) < 500 and len(train) + len(val) == 2000
-    assert datasets.split(list(reversed(many)), 20)[1] == sorted(val, key=many.index)[::-1]
+    assert dataset.split(list(reversed(many)), 20)[1] == sorted(val, key=many.index)[::-1]
     with pytest.raises(ConfigError, match="validation"):
-        datasets.split(many[:1], 20)
+        dataset.split(many[:1], 20)
 
 
 def test_a_corrupt_training_image_is_left_out(env: tuple[Settings, Storage, Registry]) -> None:
     settings, storage, _ = env
     storage.write("train/red/broken.png", b"\x89PNG\r\n\x1a\n truncated")
-    items = datasets.list_labelled(storage, settings.train_data)
-    dataset = datasets.training_dataset(storage, items, list(TINTS),
+    items = dataset.list_labelled(storage, settings.train_data)
+    training = dataset.training_dataset(storage, items, list(TINTS),
                                         Preprocessing(resize=36, crop=32), 10_000)
-    samples = [dataset[i] for i in range(len(items))]
+    samples = [training[i] for i in range(len(items))]
     bad = [item.uri for item, s in zip(items, samples, strict=True) if s is None]
     assert bad == ["train/red/broken.png"]
-    images, labels = datasets.collate(samples)
+    images, labels = dataset.collate(samples)
     assert images.shape == (2 * PER_CLASS, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.tolist() == [0 if i.label == "blue" else 1 for i in items if i.uri != bad[0]]
 

@@ -1,4 +1,6 @@
-"""``producer`` and ``shared`` import, and ``rstream config`` runs, where torch cannot load."""
+"""``producer`` and ``shared`` import, and ``rstream config`` runs, where torch, torchvision
+and PIL cannot load. (tests/integration/test_submit_host.py runs the real console script in
+a venv that has none of them, against a real Redis.)"""
 
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ TORCH_FREE = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for package in ("producer", "shared") for path in (ROOT / package).rglob("*.py"))
 
-# Installed before anything else runs: any attempt to import torch or torchvision, even one
-# that some library catches, is recorded in BLOCKED and fails with ImportError.
+# Installed before anything else runs: any attempt to import torch, torchvision or PIL, even
+# one that some library catches, is recorded in BLOCKED and fails with ImportError.
 BLOCKER = """
 import sys
 BLOCKED = []
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision"):
+        if name.split(".")[0] in ("torch", "torchvision", "PIL"):
             BLOCKED.append(name)
             raise ImportError(f"{name} is blocked by this test")
         return None
@@ -39,17 +41,18 @@ def _run(code: str, **settings: str) -> subprocess.CompletedProcess[str]:
                           env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_the_blocker_does_block_torch() -> None:
-    result = _run("import torch")
+@pytest.mark.parametrize("module", ["torch", "torchvision", "PIL"])
+def test_the_blocker_does_block(module: str) -> None:
+    result = _run(f"import {module}")
     assert result.returncode != 0
-    assert "torch is blocked by this test" in result.stderr
+    assert f"{module} is blocked by this test" in result.stderr
 
 
 def test_producer_and_shared_import_without_torch() -> None:
     result = _run(
         "import importlib, json\n"
         f"for name in {TORCH_FREE!r}: importlib.import_module(name)\n"
-        "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'PIL')]\n"
         "print(json.dumps({'blocked': BLOCKED, 'loaded': loaded}))\n")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"blocked": [], "loaded": []}
@@ -64,18 +67,3 @@ def test_rstream_config_runs_without_torch(args: list[str]) -> None:
         "sys.exit(code)\n")
     assert result.returncode == 0, result.stderr
     assert "RSTREAM_REDIS_URL" in result.stdout
-
-
-def test_submit_and_status_run_without_torch(redis_server: str, tmp_path: Path) -> None:
-    url = redis_server.rsplit("/", 1)[0] + "/10"  # no worker consumes this database
-    code = (
-        "from producer.cli import main\n"
-        "assert main(['submit', 'a.jpg.txt', '--job', 'no-torch', '--model', "
-        "'random:resnet18']) == 0\n"
-        "assert main(['status', 'no-torch']) == 0\n"
-        "assert not BLOCKED, BLOCKED\n")
-    (tmp_path / "a.jpg.txt").write_text("images/a.jpg\nimages/b.jpg\n")
-    result = _run(f"import os; os.chdir({str(tmp_path)!r})\n" + code,
-                  RSTREAM_REDIS_URL=url, RSTREAM_STORAGE_ROOT=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "no-torch: running  0/2 images" in result.stdout

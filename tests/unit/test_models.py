@@ -1,4 +1,4 @@
-"""Model references, the registry format, and loading that never runs code from a file."""
+"""The registry format, and loading that never runs code from a file."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import safetensors.torch
 import torch
 
 from shared.errors import ModelError, NotFoundError
+from shared.modelref import ARCHS, TORCHVISION_WEIGHTS
 from shared.registry import Registry
 from shared.storage import Storage
 from tests.conftest import make_settings
-from worker.models import ModelRef, load_model, load_version, save_model
+from worker.models import load_model, load_version, save_model
 from worker.preprocess import Preprocessing
 
 
@@ -38,30 +39,12 @@ def tiny_input() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("random:resnet18", ModelRef("random", arch="resnet18")),
-    ("random:resnet50:classes=7:seed=3", ModelRef("random", arch="resnet50", classes=7, seed=3)),
-    ("torchvision:resnet50:IMAGENET1K_V2",
-     ModelRef("torchvision", arch="resnet50", weights="IMAGENET1K_V2")),
-    ("digits", ModelRef("registry", name="digits")),
-    ("digits@20261127T031500123456Z-3f2a",
-     ModelRef("registry", name="digits", version="20261127T031500123456Z-3f2a")),
-])
-def test_references_parse(text: str, expected: ModelRef) -> None:
-    assert ModelRef.parse(text) == expected
+def test_the_torch_free_weights_table_matches_torchvision() -> None:
+    import torchvision
 
-
-@pytest.mark.parametrize(("text", "reason"), [
-    ("", "no model given"),
-    ("random:vgg16", "not one of resnet18, resnet50"),
-    ("random:resnet18:classes=0", "at least 1"),
-    ("random:resnet18:depth=3", "classes=N or seed=S"),
-    ("s3://bucket/model.pt", "not understood"),
-    ("../escape", "invalid"),
-])
-def test_bad_references_say_why(text: str, reason: str) -> None:
-    with pytest.raises(ModelError, match=reason):
-        ModelRef.parse(text)
+    for arch in ARCHS:
+        enum = torchvision.models.get_model_weights(arch)
+        assert TORCHVISION_WEIGHTS[arch] == tuple(w.name for w in enum), arch
 
 
 def test_random_models_are_seeded_and_label_their_classes() -> None:
@@ -71,7 +54,7 @@ def test_random_models_are_seeded_and_label_their_classes() -> None:
         assert torch.equal(a.module(tiny_input()), b.module(tiny_input()))
         assert not torch.equal(a.module(tiny_input()), other.module(tiny_input()))
     assert a.classes == ["class_0", "class_1", "class_2", "class_3"]
-    assert a.version == "random:resnet18:classes=4:seed=5"
+    assert a.model_id == "random:resnet18:classes=4:seed=5"
 
 
 def test_save_then_load_gives_identical_logits_and_meta(registry: Registry) -> None:
@@ -85,7 +68,7 @@ def test_save_then_load_gives_identical_logits_and_meta(registry: Registry) -> N
         assert torch.equal(original.module.eval()(tiny_input()), loaded.module.eval()(tiny_input()))
     assert loaded.classes == ["cat", "dog", "fish"]
     assert loaded.preprocessing == spec
-    assert loaded.version == f"tiny@{version}"
+    assert loaded.model_id == f"tiny@{version}"
     assert loaded.meta["metrics"] == {"val_accuracy": 0.5}
     assert registry.versions("tiny") == [version]
 

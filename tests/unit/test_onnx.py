@@ -34,7 +34,7 @@ def test_onnx_predictions_match_eager() -> None:
         assert [t["index"] for t in mine] == [t["index"] for t in reference]
         for a, b in zip(mine, reference, strict=True):
             assert abs(a["prob"] - b["prob"]) < 1e-4
-    assert onnx.version == "random:resnet18:classes=10:seed=4"
+    assert onnx.model_id == "random:resnet18:classes=10:seed=4"
 
 
 def test_onnx_on_cuda_is_refused_with_the_fix() -> None:

@@ -17,7 +17,6 @@ from worker.preprocess import Preprocessing, normalize
 
 SMALL = Preprocessing(resize=72, crop=64)
 CPU = torch.device("cpu")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def small_model(seed: int = 0, module: nn.Module | None = None) -> LoadedModel:
@@ -175,7 +174,7 @@ def test_asking_for_a_cuda_device_that_is_absent_names_the_setting(setting: str)
         resolve_device(setting)
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_cuda_fp16_agrees_with_cpu_fp32_from_pinned_batches() -> None:
     images = distinct_images(16)
     cpu = Predictor(small_model(), CPU, "fp32", topk=10).predict(images)
@@ -189,7 +188,7 @@ def test_cuda_fp16_agrees_with_cpu_fp32_from_pinned_batches() -> None:
         assert as_vector(a) == pytest.approx(as_vector(b), abs=1e-2)
 
 
-@needs_cuda
+@pytest.mark.gpu
 def test_a_real_cuda_out_of_memory_splits_the_batch_and_caps_it() -> None:
     cuda = torch.device("cuda")
     predictor = Predictor(small_model(), cuda, "fp16", topk=10)

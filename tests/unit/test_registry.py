@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.constants import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME
 from shared.errors import ConfigError, NotFoundError
-from shared.registry import VERSION_RE, Registry, check_name, new_version
+from shared.modelref import VERSION_RE, check_name
+from shared.registry import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME, Registry, new_version
 from shared.storage import Storage
 from tests.conftest import make_settings
 

@@ -119,7 +119,7 @@ def test_an_empty_source_is_a_usage_error(
 
 
 def test_output_file_appears_only_when_complete(tmp_path: Path) -> None:
-    from worker.cli import _output
+    from worker.score import _output
 
     target = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError), _output(str(target)) as out:

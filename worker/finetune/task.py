@@ -1,6 +1,6 @@
 """One scheduled or manual fine-tune: take the lock, train, record progress and the outcome.
 
-The training itself is :func:`worker.finetune.run_finetune`; this module adds what running it
+The training itself is :func:`worker.finetune.run.run_finetune`; this module adds what running it
 as a service needs: single flight per model name (a Redis lock that expires without a
 heartbeat), progress that ``rstream train --wait`` can follow, and a recorded outcome.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import redis
 
 from shared.errors import ConfigError
+from shared.finetune_runs import TrainingLock, TrainRuns
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.training import TrainingLock, TrainRuns
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
                mode: str | None = None, epochs: int | None = None, start: str | None = None,
                force: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``name`` unless another run holds its lock; returns the run's outcome."""
-    from worker.finetune import run_finetune  # torch: only in the trainer
-    from worker.training_loop import TrainConfig
+    from worker.finetune.loop import TrainConfig
+    from worker.finetune.run import run_finetune  # torch: only in the trainer
 
     name = name or settings.train_model
     client = redis.Redis.from_url(settings.redis_url)

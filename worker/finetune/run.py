@@ -2,7 +2,7 @@
 
 :func:`run_finetune` is the whole run (the Celery task is a thin wrapper): list the labelled
 data, skip when production was trained on the very same data, train (the loop, the two modes
-and their optimizer groups are in :mod:`worker.training_loop`), evaluate the candidate and
+and their optimizer groups are in :mod:`worker.finetune.loop`), evaluate the candidate and
 production with the serving preprocessing on the same validation split, publish, and promote
 only when the candidate is not worse than production minus ``promote_tolerance``.
 """
@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.errors import ModelError
+from shared.errors import ModelError, PreconditionFailed
 from shared.registry import Registry
 from shared.settings import Settings
-from shared.storage import PreconditionFailed, Storage
-from worker import datasets
+from shared.storage import Storage
 from worker.device import resolve_device
-from worker.evaluation import evaluate, training_dtype
+from worker.finetune import dataset
+from worker.finetune.evaluation import evaluate, training_dtype
+from worker.finetune.loop import Progress, TrainConfig, make_optimizer, prepare, train
 from worker.models import LoadedModel, load_model, load_version, save_model
 from worker.preprocess import Preprocessing
-from worker.training_loop import Progress, TrainConfig, make_optimizer, prepare, train
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
     ``name`` has no production version), else ImageNet weights.
     """
     started = time.monotonic()
-    items = datasets.list_labelled(storage, settings.train_data)
-    data_print = datasets.fingerprint(items)
+    items = dataset.list_labelled(storage, settings.train_data)
+    data_print = dataset.fingerprint(items)
     current = registry.read_pointer(name)  # the gate's baseline; promotion is CAS against it
     pointer = current[0]
     skip = None if force else _unchanged(registry, name, pointer, data_print)
@@ -89,7 +89,7 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
     passed, reason = gate(best["accuracy"], production_acc, settings.promote_tolerance)
     meta: dict[str, Any] = {
         "fingerprint": data_print,
-        "parent": start.version,
+        "parent": start.model_id,
         "metrics": {"val_accuracy": best["accuracy"], "val_loss": best["loss"],
                     "val_images": best["images"], "per_class": best["per_class"]},
         "training": {**run.describe(), "history": history, "best_epoch": best["epoch"]},
@@ -111,7 +111,7 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
             registry.update_meta(name, version, gate={**meta["gate"], "promoted": False,
                                                       "reason": reason})
     logger.info("%s@%s %s: %s", name, version, status, reason)
-    return {"status": status, "name": name, "version": version, "parent": start.version,
+    return {"status": status, "name": name, "version": version, "parent": start.model_id,
             "reason": reason, "val_accuracy": best["accuracy"],
             "production_accuracy": production_acc, "best_epoch": best["epoch"],
             "epochs_run": len(history), "fingerprint": data_print, "train_s": run.train_s}
@@ -132,24 +132,24 @@ class _Run:
     """The data, device and config one run shares between its evaluations and its training."""
 
     def __init__(self, settings: Settings, storage: Storage, config: TrainConfig,
-                 device: torch.device, items: Sequence[datasets.LabelledImage]) -> None:
+                 device: torch.device, items: Sequence[dataset.LabelledImage]) -> None:
         self.settings, self.storage, self.config, self.device = settings, storage, config, device
-        self.classes = datasets.classes_of(items)
-        self.train_items, self.val_items = datasets.split(items, config.val_percent)
+        self.classes = dataset.classes_of(items)
+        self.train_items, self.val_items = dataset.split(items, config.val_percent)
         self.dtype = training_dtype(device, config.precision)
         self.train_s = 0.0
 
-    def _loader(self, dataset: Dataset[datasets.Sample], shuffle: bool) -> DataLoader[Any]:
+    def _loader(self, samples: Dataset[dataset.Sample], shuffle: bool) -> DataLoader[Any]:
         c = self.config
-        return datasets.loader(dataset, batch_size=c.batch_size, workers=c.workers, seed=c.seed,
+        return dataset.loader(samples, batch_size=c.batch_size, workers=c.workers, seed=c.seed,
                                device=self.device, shuffle=shuffle)
 
     def evaluate(self, model: LoadedModel) -> dict[str, Any]:
         """``model`` on the validation split, with its own classes and serving preprocessing."""
-        dataset = datasets.eval_dataset(self.storage, self.val_items, model.classes,
+        samples = dataset.eval_dataset(self.storage, self.val_items, model.classes,
                                         model.preprocessing, self.settings.max_image_pixels)
         model.module.to(self.device)
-        return evaluate(model.module, self._loader(dataset, False), model.preprocessing,
+        return evaluate(model.module, self._loader(samples, False), model.preprocessing,
                         model.classes, device=self.device, dtype=self.dtype)
 
     def score_production(self, registry: Registry, name: str, pointer: dict[str, Any] | None,
@@ -177,9 +177,9 @@ class _Run:
         if self.device.type == "cuda":
             start.module.to(memory_format=torch.channels_last)
         loaders = (
-            self._loader(datasets.training_dataset(self.storage, self.train_items, self.classes,
+            self._loader(dataset.training_dataset(self.storage, self.train_items, self.classes,
                                                    spec, pixels), shuffle=True),
-            self._loader(datasets.eval_dataset(self.storage, self.val_items, self.classes, spec,
+            self._loader(dataset.eval_dataset(self.storage, self.val_items, self.classes, spec,
                                                pixels), shuffle=False))
         began = time.monotonic()
         history, best = train(start.module, make_optimizer(groups, c), loaders=loaders, spec=spec,

@@ -12,9 +12,8 @@ from typing import Any
 import redis
 from redis.lock import Lock
 
-from shared.constants import REDIS_PREFIX, TRAIN_LOCK_KEY
+from shared.constants import TRAIN_LOCK_KEY, TRAIN_RUN_KEY
 
-RUN_KEY = REDIS_PREFIX + ":train:run:{run}"
 RUN_TTL_S = 7 * 24 * 3600
 FINISHED = ("promoted", "trained", "skipped", "locked", "failed")
 
@@ -60,7 +59,7 @@ class TrainRuns:
         self.redis = client
 
     def update(self, run: str, **fields: Any) -> None:
-        key = RUN_KEY.format(run=run)
+        key = TRAIN_RUN_KEY.format(run=run)
         encoded: dict[str | bytes, str] = {k: json.dumps(v) for k, v in fields.items()}
         encoded["updated_at"] = json.dumps(time.time())
         with self.redis.pipeline() as pipe:
@@ -69,5 +68,5 @@ class TrainRuns:
             pipe.execute()
 
     def get(self, run: str) -> dict[str, Any]:
-        raw = self.redis.hgetall(RUN_KEY.format(run=run))
+        raw = self.redis.hgetall(TRAIN_RUN_KEY.format(run=run))
         return {k.decode(): json.loads(v) for k, v in raw.items()}

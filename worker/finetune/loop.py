@@ -1,6 +1,6 @@
 """The training loop: freezing for the two modes, optimizer groups, epochs with AMP.
 
-Plain functions on a module and a data loader; :mod:`worker.finetune` runs them for a model
+Plain functions on a module and a data loader; :mod:`worker.finetune.run` runs them for a model
 in the registry and decides what to publish.
 """
 
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shared.errors import ConfigError, ImageError
-from worker.evaluation import autocast, batches, evaluate, training_dtype
+from worker.finetune.evaluation import autocast, batches, evaluate, training_dtype
 from worker.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)

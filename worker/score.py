@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from shared import modelref
 from shared.errors import ConfigError
 from shared.registry import Registry
 from shared.results import Line, encode
@@ -31,7 +32,6 @@ from shared.settings import Settings
 from shared.sources import chunked, iter_uris, manifest
 from shared.storage import Storage
 from worker.engine import Engine
-from worker.models import ModelRef
 
 
 @dataclass
@@ -66,7 +66,7 @@ def score_command(args: argparse.Namespace, settings: Settings) -> int:
 def run_score(args: argparse.Namespace, settings: Settings) -> Summary:
     """Score ``args.source`` and write the lines; ConfigError or ModelError on a usage error."""
     ref = args.model or settings.model
-    ModelRef.parse(ref)  # a missing or malformed reference fails before anything starts
+    modelref.parse(ref)  # a missing or malformed reference fails before anything starts
     if args.topk is not None:
         if not 1 <= args.topk <= 100:
             raise ConfigError(f"--topk {args.topk} is invalid: use an integer from 1 to 100")

@@ -1,0 +1,71 @@
+"""Handlers of the commands that start worker code: score, samples, worker, beat.
+
+The only producer module that imports ``worker``, and only inside the handlers, so that
+``rstream submit`` and the other job commands run on a host without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+# What the ``worker`` extra installs, as import names.
+WORKER_MODULES = ("torch", "torchvision", "safetensors", "numpy", "PIL", "prometheus_client")
+
+
+def require_worker_extra(command: str) -> None:
+    """ConfigError naming the fix when this host lacks the worker side's packages."""
+    missing = [name for name in WORKER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"rstream {command} runs worker code, which needs "
+                          f"{', '.join(missing)}: install the worker extra "
+                          "(pip install 'rstream[worker]'), or run it on a worker host")
+
+
+def score_command(args: argparse.Namespace, settings: Settings) -> int:
+    require_worker_extra("score")
+    from worker.score import score_command as run
+
+    return run(args, settings)
+
+
+def samples_command(args: argparse.Namespace, settings: Settings) -> int:
+    require_worker_extra("samples")
+    from shared.storage import Storage
+    from worker.samples import write_samples
+
+    size = None
+    if args.size:
+        width, _, height = args.size.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise ConfigError(f"--size {args.size!r} is invalid: use WIDTHxHEIGHT, e.g. 500x375")
+        size = (int(width), int(height))
+    uris = write_samples(Storage(settings), args.prefix, args.count, size, args.seed)
+    print(f"wrote {len(uris)} sample images under {args.prefix}")
+    return 0
+
+
+def worker_command(args: argparse.Namespace, settings: Settings) -> int:
+    require_worker_extra("worker")
+    from shared.constants import INFER_QUEUE, TRAIN_QUEUE
+    from worker import launcher
+
+    gpus = launcher.parse_gpus(args.gpus) if args.gpus else None
+    if args.per_gpu < 1:
+        raise ConfigError(f"--per-gpu {args.per_gpu} is invalid: use 1 or more")
+    if args.train and gpus and len(gpus) > 1:
+        raise ConfigError("--train runs one trainer: give it one GPU (--gpus 0)")
+    return launcher.run(settings, gpus=gpus[:1] if args.train and gpus else gpus, cpu=args.cpu,
+                        queue=TRAIN_QUEUE if args.train else INFER_QUEUE,
+                        concurrency=1 if args.train else args.concurrency,
+                        one=args.train, per_gpu=args.per_gpu)
+
+
+def beat_command(args: argparse.Namespace, settings: Settings) -> int:
+    require_worker_extra("beat")
+    from worker import launcher
+
+    return launcher.run_beat(settings)

@@ -1,0 +1,67 @@
+"""The storage backend interface: one storage system (a directory, an S3 bucket), by keys.
+
+:class:`shared.storage.Storage` routes URIs to backends; :mod:`shared.localfs` and
+:mod:`shared.s3` implement this interface. Arrows run one way: storage -> backends,
+localfs -> backends, s3 -> backends.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shared.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a stat knows of one object."""
+
+    key: str
+    size: int
+    etag: str
+
+
+class Backend(ABC):
+    """One storage system, addressed by keys."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """The canonical URI of ``key``, used in error messages."""
+
+    @abstractmethod
+    def read(self, key: str) -> bytes:
+        """The object's bytes; NotFoundError when it is absent."""
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and an ETag to pass to a conditional ``write``."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes, *, if_match: str | None = None,
+              if_none_match: bool = False) -> None:
+        """Write atomically: readers see the old object or the new one, never a part.
+
+        ``if_match`` writes only while the object's ETag is still that one; ``if_none_match``
+        writes only when no object exists. A lost condition raises PreconditionFailed.
+        """
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and ETag; NotFoundError when absent."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, lazily, a page or a directory at a time."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; absent objects are not an error."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFoundError:
+            return False
+        return True

@@ -1,0 +1,206 @@
+"""The real services that tests and benchmarks start: a private ``redis-server``, moto's S3
+server over HTTP, and rstream worker processes. One home for both ``tests/`` and ``bench/``.
+
+Nothing here imports torch. A service that cannot start raises :class:`ServiceUnavailable`
+with the reason; the test fixtures turn it into a skip (or a failure under ``CI=true``), the
+benchmarks into an exit with the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shared.constants import INFER_QUEUE
+from shared.settings import Settings
+from worker.launcher import worker_command
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_START_TIMEOUT_S = 10.0
+WORKER_READY_TIMEOUT_S = 120.0
+
+
+class ServiceUnavailable(Exception):
+    """Raised when a service cannot start here (not installed, or it exited); says why."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_answers(port: int) -> bool:
+    """Whether a Redis on 127.0.0.1:``port`` answers PING."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, in a directory of its own.
+
+    Persistence is off, unless ``durable``: then the append-only file is fsynced on every
+    write (as docker-compose.yml's Redis keeps one), so :meth:`kill` and :meth:`start` again
+    lose nothing that was acknowledged. The developer's Redis on 6379 is never touched.
+    """
+
+    def __init__(self, workdir: Path | None = None, *, durable: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable("redis-server is not installed: install it (apt-get install "
+                                     "redis-server) to run what needs Redis")
+        self.binary, self.durable, self.port = binary, durable, free_port()
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="rstream-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> RedisServer:
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.durable
+                       else ["--appendonly", "no"])
+        log = self.workdir / "redis.log"
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *persistence, "--dir", str(self.workdir), "--logfile", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not redis_answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise ServiceUnavailable(f"redis-server did not start on port {self.port} "
+                                         f"(exit code {self.process.poll()}): {detail}")
+            time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: only what the append-only file holds survives."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s; the directory goes too when it is our own."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """The endpoint URL of moto's S3 server on a free loopback port, run in a thread of this
+    process. The caller provides (dummy) AWS credentials in the environment."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        raise ServiceUnavailable(f"moto[server] is not installed ({exc}): "
+                                 "pip install -e '.[dev]'") from None
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+class WorkerProcess:
+    """One rstream worker process with its log in a file, started as ``rstream worker`` would
+    start it (the command line comes from :func:`worker.launcher.worker_command`).
+
+    ``supervised=True`` starts ``rstream worker --cpu`` itself: the launcher that restarts a
+    worker process that dies. ``app`` names another Celery app module (the benchmarks add a
+    stats command to rstream's own). ``omp_threads`` caps torch's CPU threads unless the
+    environment already does (None: torch's default).
+    """
+
+    def __init__(self, settings: Settings, log_path: Path, name: str, *,
+                 queue: str = INFER_QUEUE, concurrency: int = 2, app: str = "worker.app",
+                 extra_env: dict[str, str] | None = None, supervised: bool = False,
+                 omp_threads: int | None = 2) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+        env.update(settings.as_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        if omp_threads:  # tests: the two shared cores are not oversubscribed
+            env.setdefault("OMP_NUM_THREADS", str(omp_threads))
+        if not settings.device.startswith("cuda"):
+            env.setdefault("CUDA_VISIBLE_DEVICES", "")  # as `rstream worker --cpu` does
+        env.update(extra_env or {})
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        command = worker_command(settings, queue, concurrency, name, app=app)
+        if supervised:
+            env["RSTREAM_CONCURRENCY"] = str(concurrency)
+            command = [command[0], "-m", "producer.cli", "worker", "--cpu"]
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> WorkerProcess:
+        deadline = time.monotonic() + timeout_s
+        while "ready." not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies mid-work, as on an OOM kill or a lost machine."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (Celery's warm shutdown), then SIGKILL after ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return int(self.process.returncode)
