@@ -168,6 +168,13 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(handler=_jobs("jobs_command"))
 
+    p = commands.add_parser("dead-letters",
+                            help="task messages the workers refused, newest first, with why")
+    p.add_argument("--limit", type=int, default=20, help="how many to show (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, raw included")
+    p.add_argument("--clear", action="store_true", help="delete them all (after showing them)")
+    p.set_defaults(handler=_jobs("dead_letters_command"))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rstream`` console script."""

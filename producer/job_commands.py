@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from producer import monitor
 from producer.submit import Client, resume, retry, submit
+from shared import deadletters
 from shared.jobs import DONE
 from shared.results import job_prefix
 from shared.settings import Settings
@@ -92,4 +93,22 @@ def jobs_command(args: argparse.Namespace, settings: Settings) -> int:
         created = datetime.fromtimestamp(job.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         print(f"{job.id}\t{job.status}\t{job.processed}/{job.images}\t{job.failed} failed"
               f"\t{created}\t{job.model}")
+    return 0
+
+
+def dead_letters_command(args: argparse.Namespace, settings: Settings) -> int:
+    client = Client(settings).jobs.redis
+    entries = deadletters.recent(client, args.limit)
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry))
+            continue
+        when = datetime.fromtimestamp(float(entry["at"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when}\tqueue={entry.get('queue')}\ttask={entry.get('task')}\t"
+              f"{entry['raw_bytes']} bytes\t{entry['reason']}")
+    total = deadletters.count(client)
+    if args.clear:
+        print(f"cleared {deadletters.clear(client)} dead letter(s)", file=sys.stderr)
+    elif total > len(entries):
+        print(f"({total} in all; --limit N shows more)", file=sys.stderr)
     return 0

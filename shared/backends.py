@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from shared.errors import NotFoundError
+from shared.errors import NotFoundError, ObjectTooLarge
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,16 @@ class Backend(ABC):
         """The canonical URI of ``key``, used in error messages."""
 
     @abstractmethod
-    def read(self, key: str) -> bytes:
-        """The object's bytes; NotFoundError when it is absent."""
+    def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """The object's bytes and an ETag to pass to a conditional ``write``.
 
-    @abstractmethod
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
-        """The object's bytes and an ETag to pass to a conditional ``write``."""
+        NotFoundError when it is absent; ObjectTooLarge, before anything is read, when it is
+        larger than ``max_bytes``.
+        """
+
+    def read(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes (see :meth:`read_versioned`)."""
+        return self.read_versioned(key, max_bytes)[0]
 
     @abstractmethod
     def write(self, key: str, data: bytes, *, if_match: str | None = None,
@@ -65,3 +69,10 @@ class Backend(ABC):
         except NotFoundError:
             return False
         return True
+
+
+def check_size(uri: str, size: int, max_bytes: int | None) -> None:
+    """ObjectTooLarge when ``size`` exceeds ``max_bytes`` (None: no limit)."""
+    if max_bytes is not None and size > max_bytes:
+        raise ObjectTooLarge(f"{uri}: {size} bytes, above RSTREAM_MAX_OBJECT_BYTES={max_bytes}: "
+                             "raise it to accept the object")

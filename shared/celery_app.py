@@ -39,6 +39,9 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
             # every 100 s), so a redelivery follows the visibility timeout closely.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
             "unacked_restore_throttle": 1,
+            # The lock one worker holds while it restores; kombu's default of 300 s outlives a
+            # worker killed while holding it, and no chunk came back for 5 minutes.
+            "unacked_mutex_expire": unacked_mutex_expire(settings),
             # A Redis that vanishes without closing the socket must not hang a publish.
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
@@ -54,6 +57,12 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
         timezone="UTC",
     )
     return app
+
+
+def unacked_mutex_expire(settings: Settings) -> int:
+    """Seconds the restore lock lives: long enough for one restore pass (a few Redis calls),
+    short enough that a worker killed while holding it delays redelivery by little."""
+    return max(5, min(30, settings.visibility_timeout // 4))
 
 
 def queue_keys(queue: str) -> list[str]:

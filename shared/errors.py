@@ -43,3 +43,12 @@ class ModelError(PermanentError):
 
 class PreconditionFailed(PermanentError):
     """Raised when a conditional write loses: the object changed since it was read, or exists."""
+
+
+class InvalidMessage(PermanentError):
+    """Raised when a task message cannot be decoded or validated: it is dead-lettered with
+    this reason, never run and never requeued."""
+
+
+class ObjectTooLarge(PermanentError):
+    """Raised when an object is larger than RSTREAM_MAX_OBJECT_BYTES; refused before it is read."""

@@ -38,7 +38,7 @@ from shared.constants import (
     JOB_SENT_KEY,
     JOBS_INDEX_KEY,
 )
-from shared.errors import ConfigError, NotFoundError, PermanentError
+from shared.errors import ConfigError, InvalidMessage, NotFoundError, PermanentError
 
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -80,6 +80,7 @@ return 1
 """
 
 _COMPLETE = _FINISH_IF_DONE + """
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then return -1 end
 local first = redis.call('HSETNX', KEYS[2], ARGV[1], 1)
 if first == 1 then redis.call('HINCRBY', KEYS[1], 'outstanding', -1) end
 local new = cjson.decode(ARGV[3])
@@ -260,11 +261,21 @@ class JobStore:
     def is_done(self, job: str, chunk: int, generation: int) -> bool:
         return bool(self.redis.hexists(JOB_DONE_KEY.format(job=job), f"{chunk}:{generation}"))
 
+    def was_sent(self, job: str, chunk: int, generation: int) -> bool:
+        """Whether the producer recorded this chunk as sent (a message may claim anything)."""
+        return bool(self.redis.hexists(JOB_SENT_KEY.format(job=job), f"{chunk}:{generation}"))
+
     def complete(self, job: str, chunk: int, generation: int, counts: dict[str, Any]) -> bool:
-        """Record a written part; True for the one caller who must now write the manifest."""
-        key, _, done, counts_key = self._keys(job)
+        """Record a written part; True for the one caller who must now write the manifest.
+
+        InvalidMessage when the job record never sent this chunk: its counts are not touched.
+        """
+        key, sent, done, counts_key = self._keys(job)
         args = [f"{chunk}:{generation}", chunk, json.dumps(counts), time.time(), self.ttl]
-        return bool(self._complete([key, done, counts_key], args))
+        finished = int(self._complete([key, done, counts_key, sent], args))
+        if finished < 0:
+            raise InvalidMessage(f"job {job} never sent chunk {chunk} (generation {generation})")
+        return bool(finished)
 
     def record_failure(self, job: str, chunk: int, generation: int, error: str) -> None:
         """A chunk whose part could not be written, for good: `rstream status` shows it, and

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.backends import Backend, ObjectInfo
+from shared.backends import Backend, ObjectInfo, check_size
 from shared.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -45,14 +45,15 @@ class LocalBackend(Backend):
                 "inside the root or change RSTREAM_STORAGE_ROOT")
         return path
 
-    def read(self, key: str) -> bytes:
-        return self.read_versioned(key)[0]
-
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
+    def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         path = self.path(key)
         try:
-            with open(path, "rb") as f:  # the ETag of the very file that is read
-                return f.read(), _etag(os.fstat(f.fileno()))
+            with open(path, "rb") as f:  # the size and ETag of the very file that is read
+                st = os.fstat(f.fileno())
+                check_size(self.uri(key), st.st_size, max_bytes)
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+                check_size(self.uri(key), len(data), max_bytes)  # it grew while read
+                return data, _etag(st)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFoundError(f"{self.uri(key)}: no such file") from None
         except PermissionError as exc:

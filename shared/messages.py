@@ -1,11 +1,27 @@
-"""Task message schemas: plain JSON objects, validated on both ends."""
+"""Task message schemas: plain JSON objects, validated on both ends.
+
+A worker trusts nothing in a message: every field is checked again here (types, ranges,
+identifiers matched whole), and the chunk is then checked against its job record (see
+``worker/chunks.py``) before anything runs. What fails is an :class:`InvalidMessage`, which
+the worker dead-letters instead of running or requeueing.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.errors import PermanentError
+from shared import modelref
+from shared.errors import ConfigError, InvalidMessage, RstreamError
+from shared.jobs import check_job_id
+
+MAX_URIS = 10_000  # RSTREAM_CHUNK_SIZE's upper bound
+MAX_URI_LENGTH = 4096
+MAX_CHUNK = 10_000_000
+MAX_GENERATION = 10_000
+_FIELDS = frozenset({"job", "chunk", "uris", "model", "results", "generation"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -32,14 +48,54 @@ class ChunkMessage:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChunkMessage:
+    def from_dict(cls, data: object) -> ChunkMessage:
+        """The message, checked field by field; InvalidMessage naming the first problem."""
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"a chunk message is a JSON object, not {type(data).__name__}")
+        unknown = sorted(set(data) - _FIELDS)
+        missing = sorted(_FIELDS - {"generation"} - set(data))
+        if unknown or missing:
+            raise InvalidMessage(f"chunk message fields: missing {missing}, unknown {unknown}")
         try:
-            message = cls(
-                job=str(data["job"]), chunk=int(data["chunk"]),
-                uris=[str(u) for u in data["uris"]], model=str(data["model"]),
-                results=str(data["results"]), generation=int(data.get("generation", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PermanentError(f"malformed chunk message ({exc!r}): {data!r:.200}") from None
-        if message.chunk < 0 or not message.uris:
-            raise PermanentError(f"malformed chunk message: {data!r:.200}")
+            message = cls(job=check_job_id(_text(data["job"], "job")),
+                          chunk=_integer(data["chunk"], "chunk", MAX_CHUNK),
+                          uris=_uris(data["uris"]),
+                          model=_model(data["model"]),
+                          results=_text(data["results"], "results"),
+                          generation=_integer(data.get("generation", 0), "generation",
+                                              MAX_GENERATION))
+        except InvalidMessage:
+            raise
+        except (ConfigError, RstreamError) as exc:
+            raise InvalidMessage(f"chunk message: {exc}") from None
         return message
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value or _CONTROL.search(value):
+        raise InvalidMessage(f"chunk message field {name} is not a plain non-empty string")
+    return value
+
+
+def _model(value: object) -> str:
+    text = _text(value, "model")
+    modelref.parse(text)  # ModelError with the reason
+    return text
+
+
+def _integer(value: object, name: str, high: int) -> int:
+    # bool is an int in Python; JSON's true is not a chunk number
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise InvalidMessage(f"chunk message field {name} is not an integer from 0 to {high}")
+    return value
+
+
+def _uris(value: object) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_URIS:
+        raise InvalidMessage(f"chunk message field uris is not a list of 1 to {MAX_URIS} URIs")
+    for uri in value:
+        if (not isinstance(uri, str) or not uri or len(uri) > MAX_URI_LENGTH
+                or "\x00" in uri or "\n" in uri):
+            raise InvalidMessage(f"chunk message field uris holds a value that is not a URI: "
+                                 f"{str(uri)[:80]!r}")
+    return list(value)

@@ -12,7 +12,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import ConfigError, NotFoundError
+from shared.errors import ConfigError, ModelError, NotFoundError, PermanentError
 from shared.modelref import NAME_RE, VERSION_RE, check_name
 from shared.storage import Storage, join
 
@@ -51,13 +51,14 @@ class Registry:
         return join(self.prefix, check_name(name), PRODUCTION_NAME)
 
     def read_meta(self, name: str, version: str) -> dict[str, Any]:
+        uri = self.meta_uri(name, version)
         try:
-            data = self.storage.read(self.meta_uri(name, version))
+            data = self.storage.read(uri)
         except NotFoundError:
             raise NotFoundError(
                 f"model {name}@{version} does not exist in {self.prefix}: "
                 f"list versions with `rstream models ls {name}`") from None
-        return dict(json.loads(data))
+        return _json_object(data, uri, ModelError)
 
     def update_meta(self, name: str, version: str, **fields: Any) -> dict[str, Any]:
         """Replace top-level ``fields`` of a published version's meta.json (one atomic write)."""
@@ -84,11 +85,18 @@ class Registry:
 
     def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
         """The production pointer and its ETag, or (None, None) when there is none yet."""
+        uri = self.pointer_uri(name)
         try:
-            data, etag = self.storage.read_versioned(self.pointer_uri(name))
+            data, etag = self.storage.read_versioned(uri)
         except NotFoundError:
             return None, None
-        return dict(json.loads(data)), etag
+        pointer = _json_object(data, uri, PermanentError)
+        version = pointer.get("version")
+        if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+            raise PermanentError(f"{uri} is corrupt: no valid \"version\" (found {version!r}): "
+                                 f"promote a version again with `rstream models promote "
+                                 f"{name}@VERSION`")
+        return pointer, etag
 
     def production(self, name: str) -> str:
         """The version workers should serve; NotFoundError when none is promoted."""
@@ -142,3 +150,14 @@ class Registry:
             self.storage.write(self.pointer_uri(name), data, if_none_match=True)
         else:
             self.storage.write(self.pointer_uri(name), data, if_match=etag)
+
+
+def _json_object(data: bytes, uri: str, error: type[PermanentError]) -> dict[str, Any]:
+    """``data`` as a JSON object, or ``error`` saying that ``uri`` is corrupt."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise error(f"{uri} is corrupt: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise error(f"{uri} is corrupt: not a JSON object")
+    return value

@@ -20,7 +20,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from shared.backends import Backend, ObjectInfo
+from shared.backends import Backend, ObjectInfo, check_size
 from shared.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -70,13 +70,14 @@ class S3Backend(Backend):
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def read(self, key: str) -> bytes:
-        return self.read_versioned(key)[0]
-
-    def read_versioned(self, key: str) -> tuple[bytes, str]:
+    def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-            data = response["Body"].read()
+            size = int(response["ContentLength"])
+            if max_bytes is not None and size > max_bytes:  # known from the headers alone
+                response["Body"].close()
+                check_size(self.uri(key), size, max_bytes)
+            data = response["Body"].read()  # botocore checks it against the Content-Length
         except (ClientError, BotoCoreError) as exc:
             _raise_mapped(exc, self.uri(key))
         return data, response["ETag"]

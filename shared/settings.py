@@ -216,6 +216,9 @@ class Settings:
     max_image_pixels: int = _setting(
         64_000_000, "Images declaring more pixels are refused before decoding.",
         _int(1), "use an integer >= 1")
+    max_object_bytes: int = _setting(
+        128 * 1024 * 1024, "Objects (images) larger than this many bytes are refused before "
+        "they are read.", _int(1), "use an integer number of bytes >= 1")
     decode_threads: int = _setting(
         4, "Threads per worker process that fetch and decode images.", _int(1, 256),
         "use an integer from 1 to 256")

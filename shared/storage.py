@@ -73,13 +73,14 @@ class Storage:
             self._s3[bucket] = S3Backend(bucket, self.settings)
         return self._s3[bucket]
 
-    def read(self, uri: str) -> bytes:
+    def read(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ObjectTooLarge before reading when it exceeds ``max_bytes``."""
         backend, key = self.resolve(uri)
-        return backend.read(key)
+        return backend.read(key, max_bytes)
 
-    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+    def read_versioned(self, uri: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         backend, key = self.resolve(uri)
-        return backend.read_versioned(key)
+        return backend.read_versioned(key, max_bytes)
 
     def write(self, uri: str, data: bytes, *, if_match: str | None = None,
               if_none_match: bool = False) -> None:

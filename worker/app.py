@@ -15,6 +15,8 @@ import os
 # Set before torch loads; a value from the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import ssl
+
 from shared.celery_app import beat_schedule, make_app
 from shared.settings import Settings
 from worker.tasks import register
@@ -22,4 +24,12 @@ from worker.tasks import register
 settings = Settings.from_env()
 app = make_app(settings)
 app.conf.beat_schedule = beat_schedule(settings)
+# A message that cannot be decoded or validated is dead-lettered, never allowed to end the
+# process or to be dropped with only a log line (worker/intake.py).
+app.conf.worker_consumer = "worker.intake:Consumer"
+if settings.redis_url.startswith(("redis://", "rediss://")):
+    app.conf.broker_transport = "worker.intake:Transport"
+    if settings.redis_url.startswith("rediss://") and not app.conf.broker_use_ssl:
+        # Naming the transport class bypasses kombu's own rediss:// default; verify certs.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 state = register(app, settings)

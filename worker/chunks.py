@@ -1,18 +1,33 @@
 """One chunk of a job, end to end: score its images, write its part, record it, finish the job.
 
-Plain functions: the Celery task in worker/tasks.py only parses the message and calls
-:func:`run_chunk`. Every step is idempotent: a redelivered chunk rewrites the same part (its
-key comes from the job and the chunk index) and is counted once (see shared/jobs.py).
+Plain functions: the Celery task in worker/tasks.py parses the message, calls :func:`handle`
+and does what the :class:`Outcome` says. Every chunk ends in exactly one of three ways:
+
+- ``done``: its part is written and recorded (or it was skipped: a duplicate, a cancelled job);
+- ``retry`` / ``requeue``: a transient fault (storage, within the chunk's retries), or Redis
+  unreachable (the message goes back; while Redis is down it is redelivered after the
+  visibility timeout);
+- ``stalled``: the job record says why, at once, for ``rstream status`` and ``wait``; the
+  chunk is sent again by ``rstream resume`` once the cause is fixed.
+
+A message that its job record does not vouch for is ``dead`` (dead-lettered, never run).
+Every step is idempotent: a redelivered chunk rewrites the same part (its key comes from the
+job and the chunk index) and is counted once (see shared/jobs.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shared.errors import PermanentError
-from shared.jobs import CANCELLED, JobStore
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.errors import InvalidMessage, PermanentError, RstreamError, TransientError
+from shared.jobs import CANCELLED, Job, JobStore
 from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
 from shared.results import (
@@ -28,6 +43,10 @@ from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
 
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+TRANSIENT = (TransientError, SoftTimeLimitExceeded)
+MAX_BACKOFF_S = 60.0
+
 
 class Scorer(Protocol):
     def score(self, uris: list[str], model_ref: str) -> list[Line]: ...
@@ -42,14 +61,72 @@ class ChunkContext:
     jobs: JobStore
 
 
+@dataclass
+class Outcome:
+    """How a chunk ended; the task acts on ``kind``."""
+
+    kind: str  # "done" | "retry" | "requeue" | "stalled" | "dead"
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+    delay: float = 0.0  # retry: seconds to wait
+
+
+def handle(message: ChunkMessage, jobs: JobStore, context: Callable[[], ChunkContext], *,
+           retries: int, max_retries: int) -> Outcome:
+    """Run the chunk and decide its outcome; never raises for anything the chunk did.
+
+    ``context`` builds the process's engine on first use (which may fail: a bad device, a
+    broken install); ``jobs`` is always at hand to record a stall. ``retries`` is how many
+    times this chunk was retried already.
+    """
+    give_up: BaseException | None = None
+    try:
+        return Outcome("done", run_chunk(message, context()))
+    except InvalidMessage as exc:
+        return Outcome("dead", error=exc)
+    except REDIS_ERRORS as exc:
+        return Outcome("requeue", error=exc)
+    except TRANSIENT as exc:
+        if retries < max_retries:
+            delay = min(MAX_BACKOFF_S, 2.0 ** retries) * random.uniform(0.5, 1.0)
+            return Outcome("retry", error=exc, delay=delay)
+        give_up = exc
+    except Exception as exc:
+        return _stall(message, jobs, exc)
+    logger.error("job %s chunk %d: %s after %d retries; writing error lines", message.job,
+                 message.chunk, give_up, retries)
+    try:
+        return Outcome("done", run_chunk(message, context(), give_up=give_up))
+    except REDIS_ERRORS as exc:
+        return Outcome("requeue", error=exc)
+    except Exception as exc:  # the error lines cannot be written either (storage down)
+        return _stall(message, jobs, exc)
+
+
+def _stall(message: ChunkMessage, jobs: JobStore, exc: Exception) -> Outcome:
+    """Record in the job that this chunk has no part, and why; requeue if even that fails."""
+    if isinstance(exc, RstreamError):
+        logger.error("job %s chunk %d stalled: %s", message.job, message.chunk, exc)
+    else:  # not one of ours: a bug or a library surprise; keep the traceback
+        logger.exception("job %s chunk %d stalled on an unexpected error", message.job,
+                         message.chunk)
+    reason = f"{type(exc).__name__}: {exc}"
+    try:
+        jobs.record_failure(message.job, message.chunk, message.generation, reason)
+    except REDIS_ERRORS as redis_exc:
+        return Outcome("requeue", error=redis_exc)
+    return Outcome("stalled", error=exc)
+
+
 def run_chunk(message: ChunkMessage, ctx: ChunkContext,
-              give_up: Exception | None = None) -> dict[str, Any]:
+              give_up: BaseException | None = None) -> dict[str, Any]:
     """Score, write, record; returns a small summary for the task result and the logs.
 
     ``give_up`` (the last transient error, once retries are spent) writes an error line for
     every URI instead of scoring, so the job still ends with one line per image.
+    InvalidMessage when the job record does not vouch for the message.
     """
-    job = ctx.jobs.get(message.job)
+    job = check_against_record(message, ctx.jobs)
     if job.status == CANCELLED:
         return {"chunk": message.chunk, "skipped": "job cancelled"}
     if ctx.jobs.is_done(message.job, message.chunk, message.generation):
@@ -68,6 +145,23 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
     return {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"]}
 
 
+def check_against_record(message: ChunkMessage, jobs: JobStore) -> Job:
+    """The job record, when it vouches for ``message``: the job exists, writes where the
+    message says, and sent this very chunk. InvalidMessage otherwise (a forged or stale
+    message must not write a part or change the counts)."""
+    try:
+        job = jobs.get(message.job)
+    except PermanentError as exc:
+        raise InvalidMessage(f"chunk message for an unknown job: {exc}") from None
+    if message.results != job.results:
+        raise InvalidMessage(f"chunk message writes to {message.results!r}, but job "
+                             f"{message.job} writes to {job.results!r}")
+    if not jobs.was_sent(message.job, message.chunk, message.generation):
+        raise InvalidMessage(f"job {message.job} never sent chunk {message.chunk} "
+                             f"(generation {message.generation})")
+    return job
+
+
 def _score(message: ChunkMessage, ctx: ChunkContext) -> list[Line]:
     try:
         return ctx.engine.score(message.uris, message.model)
@@ -76,5 +170,5 @@ def _score(message: ChunkMessage, ctx: ChunkContext) -> list[Line]:
         return _error_lines(message, exc)
 
 
-def _error_lines(message: ChunkMessage, exc: Exception) -> list[Line]:
+def _error_lines(message: ChunkMessage, exc: BaseException) -> list[Line]:
     return [error_line(uri, exc) for uri in message.uris]

@@ -37,8 +37,6 @@ from worker.reload import ProductionTracker
 logger = logging.getLogger(__name__)
 
 CACHED_PREDICTORS = 3  # model versions kept loaded; an evicted one lives on while it has work
-BACKOFF_BASE_S = 0.1  # first retry delay of a transient fetch error; doubles per retry
-BACKOFF_MAX_S = 5.0
 
 
 class Engine:
@@ -63,14 +61,19 @@ class Engine:
     def score(self, uris: list[str], model_ref: str) -> list[Line]:
         """One result line per URI, in order, all from one model version.
 
-        A URI that cannot be fetched or decoded gets an error line; a failed forward gives
-        error lines to the images of its batch. A model that cannot be resolved or loaded
-        raises (ModelError, NotFoundError), since no line could name a version.
+        A URI that cannot be fetched for good (missing, refused, too large) or decoded gets an
+        error line; a failed forward gives error lines to the images of its batch. A model
+        that cannot be resolved or loaded raises (ModelError, NotFoundError), since no line
+        could name a version. A fetch that fails after botocore's own retries raises its
+        TransientError: the chunk is retried as a whole, by its task (one retry layer each).
         """
         predictor = self.predictor_for(model_ref)
         spec = predictor.preprocessing
         decoded: list[Tensor | Exception] = list(
             self._pool.map(lambda uri: self._fetch_decode(uri, spec), uris))
+        transient = next((item for item in decoded if isinstance(item, TransientError)), None)
+        if transient is not None:
+            raise transient
         images = [item for item in decoded if isinstance(item, Tensor)]
         futures = iter(self.batcher.submit(images, predictor))
         lines = []
@@ -139,27 +142,13 @@ class Engine:
 
     def _fetch_decode(self, uri: str, spec: Preprocessing) -> Tensor | Exception:
         try:
-            data = self._fetch(uri)
+            data = self.storage.read(uri, self.settings.max_object_bytes)
             return decode_image(data, spec, self.settings.max_image_pixels)
         except RstreamError as exc:
             return exc
         except Exception as exc:  # a bug or a library surprise fails one image, not the call
             logger.exception("unexpected error fetching or decoding %s", uri)
             return exc
-
-    def _fetch(self, uri: str) -> bytes:
-        retries = self.settings.task_max_retries
-        for attempt in range(retries + 1):
-            try:
-                return self.storage.read(uri)
-            except TransientError as exc:
-                if attempt == retries:
-                    raise
-                delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt)
-                logger.warning("%s: %s; retry %d of %d in %.1fs", uri, exc, attempt + 1,
-                               retries, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
 
 
 def _line(uri: str, future: Future[Prediction], model_id: str) -> Line:

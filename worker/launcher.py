@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -112,40 +113,56 @@ class Supervisor:
 
     A worker can die without being asked: an out-of-memory kill, or Celery giving up after a
     broker connection loss (a known kombu failure mode). Its chunks are redelivered after the
-    visibility timeout either way; restarting it (with a growing pause, at most
-    ``MAX_BACKOFF_S``) keeps the device serving without an operator.
+    visibility timeout either way; restarting it keeps the device serving without an
+    operator. The pause before a restart doubles with each death, up to ``MAX_BACKOFF_S``, and
+    starts again at 1 s once the process has run for ``HEALTHY_AFTER_S``. SIGTERM or SIGINT at
+    any moment, a restart pause included, ends the pause, asks every running process for a
+    warm shutdown, and :meth:`run` returns the worst of their exit statuses (0 when they all
+    shut down cleanly); a process that was already dead does not count.
     """
 
     MAX_BACKOFF_S = 30.0
+    FIRST_BACKOFF_S = 1.0
+    HEALTHY_AFTER_S = 60.0
 
     def __init__(self, processes: Sequence[tuple[list[str], dict[str, str]]]) -> None:
         self.processes = list(processes)
         self.children: list[subprocess.Popen[bytes]] = []
-        self.stopping = False
+        self.stopping = threading.Event()
+        self._signalled: list[subprocess.Popen[bytes]] = []
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.children = [subprocess.Popen(cmd, env=env) for cmd, env in self.processes]
-        backoff = [1.0] * len(self.children)
-        while not self.stopping:
+        started = [time.monotonic()] * len(self.children)
+        backoff = [self.FIRST_BACKOFF_S] * len(self.children)
+        while not self.stopping.is_set():
             for i, child in enumerate(self.children):
                 code = child.poll()
-                if code is None or self.stopping:
+                if code is None or self.stopping.is_set():
                     continue
-                logger.error("worker process %d exited with %s; restarting it in %.0f s",
+                if time.monotonic() - started[i] >= self.HEALTHY_AFTER_S:
+                    backoff[i] = self.FIRST_BACKOFF_S  # it ran well: a fresh start
+                logger.error("worker process %d exited with %s; restarting it in %.1f s",
                              child.pid, code, backoff[i])
-                time.sleep(backoff[i])
+                if self.stopping.wait(backoff[i]):
+                    break
                 backoff[i] = min(self.MAX_BACKOFF_S, backoff[i] * 2)
-                if not self.stopping:
-                    cmd, env = self.processes[i]
-                    self.children[i] = subprocess.Popen(cmd, env=env)
-            time.sleep(0.5)
-        codes = [child.wait() for child in self.children]
+                cmd, env = self.processes[i]
+                self.children[i] = subprocess.Popen(cmd, env=env)
+                started[i] = time.monotonic()
+            self.stopping.wait(0.5)
+        self._terminate_running()  # one restarted just as the signal came, if any
+        codes = [child.wait() for child in self._signalled]
         return max(codes, key=abs) if codes else 0
 
     def _stop(self, signum: int, _frame: FrameType | None) -> None:
-        self.stopping = True
+        self.stopping.set()
+        self._terminate_running()
+
+    def _terminate_running(self) -> None:
         for child in self.children:
-            if child.poll() is None:
+            if child.poll() is None and child not in self._signalled:
                 child.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+                self._signalled.append(child)

@@ -108,11 +108,12 @@ def load_version(registry: Registry, name: str, version: str) -> LoadedModel:
     arch, classes = meta.get("arch"), meta.get("classes")
     if arch not in ARCHS or not isinstance(classes, list) or not classes:
         raise ModelError(f"{label}: meta.json names no known arch and class list")
-    try:
+    try:  # a storage error other than a missing file (throttling, a timeout) stays as it is
         blob = registry.storage.read(registry.weights_uri(name, version))
-        state = safetensors.torch.load(blob)
     except NotFoundError:
         raise ModelError(f"{label}: weights.safetensors is missing") from None
+    try:
+        state = safetensors.torch.load(blob)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ModelError(f"{label}: weights.safetensors is unreadable ({exc})") from None
     module = build(arch, len(classes))
@@ -123,8 +124,11 @@ def load_version(registry: Registry, name: str, version: str) -> LoadedModel:
                          f"({str(exc).splitlines()[0]})") from None
     if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
         raise ModelError(f"{label}: weights contain NaN or infinite values")
-    return LoadedModel(module, label, [str(c) for c in classes],
-                       Preprocessing.from_dict(meta["preprocessing"]), arch, meta)
+    try:
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{label}: meta.json has no valid preprocessing ({exc!r})") from None
+    return LoadedModel(module, label, [str(c) for c in classes], preprocessing, arch, meta)
 
 
 def save_model(registry: Registry, name: str, module: nn.Module, *, arch: str,

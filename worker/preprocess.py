@@ -57,6 +57,11 @@ from torchvision.transforms.v2 import functional as F
 
 from shared.errors import ConfigError, ImageError
 
+# RSTREAM_MAX_IMAGE_PIXELS governs, checked on the header in _open on every path: Pillow's own
+# decompression-bomb limit (2 x 89 M pixels) would otherwise refuse larger images whatever the
+# setting says, with a message that does not name it.
+Image.MAX_IMAGE_PIXELS = None
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -4,10 +4,13 @@ A reference by name (``digits``) follows the production pointer, read at most ev
 ``reload_interval`` seconds: when a chunk asks, and by a watcher thread while the worker is
 idle, so the first job after a promotion already gets the new version. A newly promoted
 version loads on a background thread while the old one keeps serving; it is swapped in only
-once it has loaded. A version that fails to load
+once it has loaded. A version that fails to load for good
 (corrupt file, wrong architecture or class count, NaN weights) is logged once, remembered, and
-never served; the old version goes on. Because the engine resolves a version once per chunk,
-one chunk never mixes versions.
+never served; the old version goes on. A transient failure (storage throttled or down) is
+tried again at the next check. A production pointer that cannot be read (storage down, a
+corrupt production.json) keeps the current version serving, logged once per new problem, not
+at every check. Because the engine resolves a version once per chunk, one chunk never mixes
+versions.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shared.errors import RstreamError
+from shared.errors import PermanentError
 from shared.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ class ProductionTracker:
         self._checked: dict[str, float] = {}
         self._loading: set[str] = set()
         self._bad: set[str] = set()
+        self._problems: dict[str, str] = {}  # name -> the pointer problem last logged
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -49,12 +53,13 @@ class ProductionTracker:
             self._checked[name] = now
         try:
             latest = self.registry.production(name)
-        except RstreamError as exc:
+        except Exception as exc:  # storage down, a corrupt pointer, anything: keep serving
             if current is None:
                 raise
-            logger.warning("cannot read the production pointer of %s (%s); still serving %s@%s",
-                           name, exc, name, current)
+            self._problem(name, f"cannot read the production pointer of {name} ({exc}); "
+                                f"still serving {name}@{current}")
             return current
+        self._problem(name, None)
         if current is None:
             with self._lock:
                 current = self._serving.setdefault(name, latest)
@@ -67,6 +72,17 @@ class ProductionTracker:
     def close(self) -> None:
         """Stop the watcher thread."""
         self._closed.set()
+
+    def _problem(self, name: str, problem: str | None) -> None:
+        """Log a pointer problem once when it appears or changes, and once when it clears."""
+        with self._lock:
+            previous = self._problems.pop(name, None)
+            if problem is not None:
+                self._problems[name] = problem
+        if problem is not None and problem != previous:
+            logger.warning("%s", problem)
+        elif problem is None and previous is not None:
+            logger.info("the production pointer of %s reads again", name)
 
     def _watch(self) -> None:
         with self._lock:
@@ -101,10 +117,14 @@ class ProductionTracker:
         key = f"{name}@{version}"
         try:
             self._load(key)
-        except Exception as exc:
+        except PermanentError as exc:
             logger.error("cannot load %s, still serving %s@%s: %s", key, name, serving, exc)
             with self._lock:
                 self._bad.add(key)
+        except Exception as exc:  # transient (storage throttled or down): try again later
+            logger.warning("loading %s failed for now (%s: %s), still serving %s@%s; trying "
+                           "again at the next check", key, type(exc).__name__, exc, name,
+                           serving)
         else:
             with self._lock:
                 self._serving[name] = version

@@ -1,42 +1,43 @@
-"""Thin Celery tasks: parse the message, call plain functions, report."""
+"""Thin Celery tasks: parse the message, call plain functions, act on the outcome, report."""
 
 from __future__ import annotations
 
+import json
 import logging
-import random
 import threading
 import time
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
-from shared.constants import FINETUNE_TASK, INFER_TASK
-from shared.errors import PermanentError, TransientError
+from shared import deadletters
+from shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK
+from shared.errors import InvalidMessage
 from shared.jobs import JobStore
 from shared.messages import ChunkMessage
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from worker import metrics
-from worker.chunks import ChunkContext, run_chunk
+from worker.chunks import REDIS_ERRORS, ChunkContext, Outcome, handle
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE = (TransientError, redis.ConnectionError, redis.TimeoutError)
-
 
 class ProcessState:
-    """The one engine of this worker process, built on first use, in this process.
+    """What the tasks of this worker process share: the job store, and the one engine.
 
-    Building it lazily keeps torch, CUDA and the model out of any parent process that forks
-    and out of module import.
+    The engine is built lazily, on first use, in this process: that keeps torch, CUDA and
+    the model out of any parent process that forks and out of module import. The job store
+    is cheap and always at hand, so a chunk can record why it stalled even when the engine
+    cannot be built.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.jobs = JobStore.from_url(settings.redis_url, settings.job_ttl)
         self._lock = threading.Lock()
         self._context: ChunkContext | None = None
 
@@ -48,8 +49,7 @@ class ProcessState:
                 storage = Storage(self.settings)
                 registry = Registry(storage, self.settings.models)
                 engine = Engine(self.settings, storage, registry)
-                jobs = JobStore.from_url(self.settings.redis_url, self.settings.job_ttl)
-                self._context = ChunkContext(engine, storage, jobs)
+                self._context = ChunkContext(engine, storage, self.jobs)
             return self._context
 
     def close(self) -> None:
@@ -59,7 +59,7 @@ class ProcessState:
                 self._context = None
 
 
-def _retry(task: Task, exc: Exception, delay: float) -> None:
+def _retry(task: Task, exc: BaseException, delay: float) -> None:
     """``task.retry``, except that a retry that cannot be published requeues the message.
 
     Celery rejects a message without requeue when publishing its retry fails, which would
@@ -71,14 +71,29 @@ def _retry(task: Task, exc: Exception, delay: float) -> None:
         raise Reject(reject.reason, requeue=True) from exc
 
 
-def _count(summary: dict[str, Any], seconds: float) -> None:
-    if "skipped" in summary:
+def _dead_letter(state: ProcessState, task: Task, reason: str, message: object) -> None:
+    """Keep a task message that does not validate, with the reason; it is never run."""
+    try:
+        raw = json.dumps(message, default=repr)[:deadletters.RAW_LIMIT]
+        deadletters.record(state.jobs.redis, reason, queue=INFER_QUEUE, raw=raw,
+                           headers={"task": task.name, "id": task.request.id})
+    except REDIS_ERRORS:
+        logger.exception("could not keep the refused message in the dead-letter list")
+    logger.error("chunk message %s refused and dead-lettered: %s", task.request.id, reason)
+    metrics.CHUNKS.labels("dead-lettered").inc()
+
+
+def _count(outcome: Outcome, seconds: float) -> None:
+    summary = outcome.summary
+    if outcome.kind == "stalled":
+        metrics.CHUNKS.labels("stalled").inc()
+    elif "skipped" in summary:
         metrics.CHUNKS.labels("skipped").inc()
-        return
-    metrics.CHUNKS.labels("done").inc()
-    metrics.CHUNK_SECONDS.observe(seconds)
-    metrics.IMAGES.labels("ok").inc(summary["ok"])
-    metrics.IMAGES.labels("failed").inc(summary["failed"])
+    else:
+        metrics.CHUNKS.labels("done").inc()
+        metrics.CHUNK_SECONDS.observe(seconds)
+        metrics.IMAGES.labels("ok").inc(summary["ok"])
+        metrics.IMAGES.labels("failed").inc(summary["failed"])
 
 
 def register(app: Celery, settings: Settings) -> ProcessState:
@@ -86,38 +101,36 @@ def register(app: Celery, settings: Settings) -> ProcessState:
     state = ProcessState(settings)
 
     @app.task(name=INFER_TASK, bind=True, max_retries=settings.task_max_retries)
-    def infer_chunk(self: Task, message: dict[str, Any]) -> dict[str, Any]:
-        chunk = ChunkMessage.from_dict(message)
-        started = time.monotonic()
+    def infer_chunk(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
-            summary = run_chunk(chunk, state.context())
-        except RETRYABLE as exc:
-            if isinstance(exc, redis.RedisError):
-                # Redis is the broker too: a retry message could not be published, and Celery
-                # would drop the chunk (reject without requeue). Put it back instead; while
-                # Redis is down even that fails, and the unacked message is redelivered after
-                # the visibility timeout.
-                logger.warning("job %s chunk %d: Redis unreachable (%s); requeued", chunk.job,
-                               chunk.chunk, exc)
-                raise Reject(exc, requeue=True) from exc
-            if self.request.retries < settings.task_max_retries:
-                delay = min(60.0, 2.0 ** self.request.retries) * random.uniform(0.5, 1.0)
-                logger.warning("job %s chunk %d: %s; retry in %.1f s", chunk.job, chunk.chunk,
-                               exc, delay)
-                _retry(self, exc, delay)
-            logger.error("job %s chunk %d: %s after %d retries; writing error lines",
-                         chunk.job, chunk.chunk, exc, self.request.retries)
-            summary = run_chunk(chunk, state.context(), give_up=exc)
-        except PermanentError as exc:  # the part cannot be written (refused, no such bucket)
-            logger.exception("job %s chunk %d: its part cannot be written", chunk.job,
-                             chunk.chunk)
-            metrics.CHUNKS.labels("stalled").inc()
-            state.context().jobs.record_failure(chunk.job, chunk.chunk, chunk.generation,
-                                                f"{type(exc).__name__}: {exc}")
-            raise
-        logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk, summary)
-        _count(summary, time.monotonic() - started)
-        return summary
+            if args or set(kwargs) != {"message"}:
+                raise InvalidMessage("an infer task takes one keyword argument, message")
+            chunk = ChunkMessage.from_dict(kwargs["message"])
+        except InvalidMessage as exc:
+            _dead_letter(state, self, str(exc), {"args": args, "kwargs": kwargs})
+            raise Reject(str(exc), requeue=False) from exc
+        started = time.monotonic()
+        outcome = handle(chunk, state.jobs, state.context, retries=self.request.retries,
+                         max_retries=settings.task_max_retries)
+        if outcome.kind == "dead":
+            _dead_letter(state, self, str(outcome.error), chunk.to_dict())
+            raise Reject(str(outcome.error), requeue=False)
+        if outcome.kind == "retry":
+            assert outcome.error is not None
+            logger.warning("job %s chunk %d: %s; retry in %.1f s", chunk.job, chunk.chunk,
+                           outcome.error, outcome.delay)
+            _retry(self, outcome.error, outcome.delay)
+        if outcome.kind == "requeue":
+            # Redis is the broker too: a retry message could not be published either. Put it
+            # back; while Redis is down even that fails, and the unacked message is
+            # redelivered after the visibility timeout.
+            logger.warning("job %s chunk %d: Redis unreachable (%s); requeued", chunk.job,
+                           chunk.chunk, outcome.error)
+            raise Reject(str(outcome.error), requeue=True)
+        logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk,
+                    outcome.summary or f"stalled: {outcome.error}")
+        _count(outcome, time.monotonic() - started)
+        return outcome.summary or {"chunk": chunk.chunk, "stalled": str(outcome.error)}
 
     # Acked on receipt, not late: a fine-tune can outlast the visibility timeout, and one lost
     # with its trainer is simply run again by the next beat (or `rstream train`).

@@ -68,6 +68,17 @@ def test_worker_serves_a_new_promotion_without_restart_and_never_mixes_a_chunk(
                                                                    after)}
         assert served_after == {f"hot@{second}"}, "the old version keeps serving"
         assert client.jobs.get(after).failed == 0
+
+        # A torn or hand-edited production.json while chunks are queued: the current version
+        # goes on serving them.
+        corrupt = submit("photos/", model="hot", client=client, job="corrupt-pointer")
+        client.storage.write(registry.pointer_uri("hot"), b'{"version": "hot@')
+        final = monitor.wait(client.jobs, client.storage, corrupt, show_progress=False,
+                             timeout_s=240)
+        assert (final.ok, final.failed, final.stalled_chunks) == (160, 0, 0), "no chunk lost"
+        assert {line["model"] for line in monitor.results(
+            client.jobs, client.storage, corrupt)} == {f"hot@{second}"}
     finally:
         worker.stop()
     assert f"hot@{broken}" in worker.log() and "unreadable" in worker.log()
+    assert worker.log().count("production.json is corrupt") == 1, "logged once, not per check"

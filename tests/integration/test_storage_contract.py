@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import AccessDeniedError, NotFoundError, PreconditionFailed, TransientError
+from shared.errors import (
+    AccessDeniedError,
+    NotFoundError,
+    ObjectTooLarge,
+    PreconditionFailed,
+    TransientError,
+)
 from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.integration.conftest import Target
@@ -23,6 +29,16 @@ def test_bytes_round_trip(target: Target) -> None:
     target.storage.write(target.uri("a/b.bin"), data)
     assert target.storage.read(target.uri("a/b.bin")) == data
     assert target.storage.stat(target.uri("a/b.bin")).size == len(data)
+
+
+def test_an_object_above_max_bytes_is_refused_and_one_at_the_limit_is_read(
+        target: Target) -> None:
+    data = b"x" * 1000
+    target.storage.write(target.uri("big.bin"), data)
+    assert target.storage.read(target.uri("big.bin"), max_bytes=1000) == data
+    with pytest.raises(ObjectTooLarge, match="1000 bytes, above RSTREAM_MAX_OBJECT_BYTES=999"):
+        target.storage.read(target.uri("big.bin"), max_bytes=999)
+    assert target.storage.read(target.uri("big.bin")) == data, "still readable without a limit"
 
 
 def test_empty_object_round_trips(target: Target) -> None:

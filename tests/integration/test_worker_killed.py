@@ -9,6 +9,7 @@ from pathlib import Path
 
 from producer import monitor
 from producer.submit import Client, submit
+from shared.celery_app import make_app
 from shared.constants import INFER_TASK
 from shared.settings import Settings
 from shared.storage import join
@@ -88,3 +89,29 @@ def test_sigterm_finishes_running_chunks_and_returns_the_rest(
     assert run.client.jobs.get(run.job).status == "running"
     second = finish_on_a_second_worker(run, tmp_path)
     assert not finished & tasks(second.log(), "received"), "nothing was done twice"
+
+
+def test_a_worker_killed_holding_the_restore_lock_delays_redelivery_by_little(
+        redis_server: str, tmp_path: Path) -> None:
+    """kombu restores a dead worker's chunks under a lock; a worker SIGKILLed while it held
+    that lock leaves it behind until it expires (kombu's default: 300 s). The lock is left
+    here the way kombu's own Mutex takes it, with the expiry rstream configures, because the
+    instant a worker holds it cannot be hit by a signal from a test."""
+    run = start_job(redis_server, tmp_path, db=3, seed=13)
+    options = make_app(run.settings).conf.broker_transport_options
+    expire = int(options.get("unacked_mutex_expire", 300))  # kombu's default when unset
+    run.first.kill()
+    killed_at = time.monotonic()
+    assert run.client.jobs.redis.set("unacked_mutex", "killed-worker", nx=True, ex=expire)
+    outstanding = run.client.jobs.get(run.job).outstanding
+    second = WorkerProcess(run.settings, tmp_path / "second.log", "second").wait_ready()
+    try:
+        monitor.wait(run.client.jobs, run.client.storage, run.job, show_progress=False,
+                     timeout_s=run.settings.visibility_timeout + 60)
+    finally:
+        second.stop()
+    took = time.monotonic() - killed_at
+    assert outstanding > 0
+    # Back within the visibility timeout (12 s) plus the lock's expiry and a sweep, not 300 s.
+    assert took < run.settings.visibility_timeout + 45, took
+    assert_one_line_per_uri(run.client, run.job, run.uris)

@@ -88,3 +88,69 @@ def test_a_process_that_dies_is_restarted_until_sigterm(tmp_path: Path) -> None:
     _, log = supervisor.communicate(timeout=20)
     assert len(starts.read_text()) >= 3, "the dead worker was started again, more than once"
     assert "exited with 3; restarting it" in log
+
+
+def _supervise(tmp_path: Path, child: str, **knobs: float) -> subprocess.Popen[str]:
+    settings = "".join(f"Supervisor.{name} = {value}\n" for name, value in knobs.items())
+    script = textwrap.dedent("""
+        import logging, sys
+        logging.basicConfig(level=logging.INFO)
+        from worker.launcher import Supervisor
+    """) + settings + f"sys.exit(Supervisor([([sys.executable, '-c', {child!r}], {{}})]).run())\n"
+    return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 20) -> str:
+    assert process.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while text not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    assert text in seen, seen
+    return seen
+
+
+def test_sigterm_during_a_restart_pause_exits_0_at_once(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, "raise SystemExit(3)", FIRST_BACKOFF_S=30.0)
+    _wait_for_line(supervisor, "restarting it in 30.0 s")
+    stopped = time.monotonic()
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=10) == 0, "the dead process's own status does not count"
+    assert time.monotonic() - stopped < 5, "the 30 s pause was cut short"
+
+
+def test_sigterm_gives_the_worst_status_of_the_warm_shutdowns(tmp_path: Path) -> None:
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+             "print('up', file=sys.stderr, flush=True)\n"
+             "time.sleep(60)\n")
+    supervisor = _supervise(tmp_path, child)
+    _wait_for_line(supervisor, "up")
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=10) == 0
+
+
+def test_the_restart_pause_starts_over_after_a_healthy_run(tmp_path: Path) -> None:
+    runs_a_while = "import time; time.sleep(0.6); raise SystemExit(3)"
+    supervisor = _supervise(tmp_path, runs_a_while, FIRST_BACKOFF_S=0.2, HEALTHY_AFTER_S=0.5)
+    log = _wait_for_line(supervisor, "restarting it in", timeout_s=20)
+    for _ in range(3):
+        log += _wait_for_line(supervisor, "restarting it in", timeout_s=20)
+    supervisor.send_signal(signal.SIGTERM)
+    supervisor.wait(timeout=10)
+    pauses = [line.rsplit("restarting it in ", 1)[1] for line in log.splitlines()
+              if "restarting it in" in line]
+    assert len(pauses) >= 4 and set(pauses) == {"0.2 s"}, pauses
+
+
+def test_the_restart_pause_grows_while_the_process_keeps_dying_at_once(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, "raise SystemExit(3)", FIRST_BACKOFF_S=0.1,
+                            HEALTHY_AFTER_S=60.0)
+    log = ""
+    for _ in range(3):
+        log += _wait_for_line(supervisor, "restarting it in", timeout_s=20)
+    supervisor.send_signal(signal.SIGTERM)
+    supervisor.wait(timeout=10)
+    pauses = [line.rsplit("restarting it in ", 1)[1] for line in log.splitlines()
+              if "restarting it in" in line]
+    assert pauses[:3] == ["0.1 s", "0.2 s", "0.4 s"], pauses

@@ -175,7 +175,9 @@ def _half(make: Callable[[], bytes]) -> Callable[[], bytes]:
     (eps_bytes, "auto", "image format EPS is not allowed"),
     (pdf_bytes, "auto", "image format PDF is not allowed"),
     (tiff_bytes, "auto", "image format TIFF is not allowed"),
-    (lambda: bomb_png(100_000, 100_000), "auto", "decompression bomb refused"),
+    (lambda: bomb_png(100_000, 100_000), "auto",
+     "declares 100000x100000 = 10000000000 pixels, above the limit of 64000000; raise "
+     "RSTREAM_MAX_IMAGE_PIXELS"),
     (lambda: bomb_png(9_000, 9_000), "auto",
      "declares 9000x9000 = 81000000 pixels, above the limit of 64000000"),
     (_half(lambda: jpeg_bytes(photo("china", (500, 375)))), "tensor", "truncated JPEG image"),
@@ -198,6 +200,18 @@ def test_pixel_limit_applies_to_the_declared_size():
     assert decode_image(data, SPEC, 8000).shape == (3, 224, 224)
     with pytest.raises(ImageError, match="100x80 = 8000 pixels, above the limit of 7999"):
         decode_image(data, SPEC, 7999)
+
+
+def test_the_setting_governs_above_pillows_own_limit():
+    # 15000 x 12000 = 180 M pixels: above Pillow's decompression-bomb limit (178,956,970).
+    header_only = bomb_png(15_000, 12_000)
+    with pytest.raises(ImageError, match="above the limit of 100000000; raise "
+                                         "RSTREAM_MAX_IMAGE_PIXELS"):
+        decode_image(header_only, SPEC, 100_000_000)
+    with pytest.raises(ImageError) as caught:  # allowed: it is decoded, and its data is short
+        decode_image(header_only, SPEC, 200_000_000)
+    assert "RSTREAM_MAX_IMAGE_PIXELS" not in str(caught.value)
+    assert "bomb" not in str(caught.value) and "truncated" in str(caught.value)
 
 
 def test_fast_paths_need_a_jpeg():

@@ -39,6 +39,7 @@ BAD_VALUES = {
     "model": "s3://bucket/model.pt",
     "topk": "0",
     "max_image_pixels": "1e9",
+    "max_object_bytes": "0",
     "decode_threads": "0",
     "concurrency": "257",
     "task_time_limit": "5",

@@ -116,8 +116,9 @@ class _LabelledDataset(Dataset[Sample]):
     """Fetches an image, turns it into a uint8 [3, crop, crop] tensor; None when it fails."""
 
     def __init__(self, storage: Storage, items: Sequence[LabelledImage], classes: list[str],
-                 to_tensor: Callable[[bytes], torch.Tensor]) -> None:
+                 to_tensor: Callable[[bytes], torch.Tensor], max_bytes: int | None) -> None:
         self.storage = storage
+        self.max_bytes = max_bytes
         self.items = list(items)
         self.index = {name: i for i, name in enumerate(classes)}
         self.to_tensor = to_tensor
@@ -128,7 +129,7 @@ class _LabelledDataset(Dataset[Sample]):
     def __getitem__(self, i: int) -> Sample:
         item = self.items[i]
         try:
-            image = self.to_tensor(self.storage.read(item.uri))
+            image = self.to_tensor(self.storage.read(item.uri, self.max_bytes))
         except PermanentError as exc:
             # One bad image should not end a training run; it is left out and logged.
             logger.warning("skipping %s: %s", item.uri, exc)
@@ -137,12 +138,14 @@ class _LabelledDataset(Dataset[Sample]):
 
 
 def training_dataset(storage: Storage, items: Sequence[LabelledImage], classes: list[str],
-                     spec: Preprocessing, max_pixels: int) -> Dataset[Sample]:
+                     spec: Preprocessing, max_pixels: int, *,
+                     max_bytes: int | None = None) -> Dataset[Sample]:
     """Training samples: RandomResizedCrop(crop) and a horizontal flip, nothing else."""
     augment = v2.Compose([v2.RandomResizedCrop(spec.crop, antialias=True),
                           v2.RandomHorizontalFlip()])
     return _LabelledDataset(storage, items, classes,
-                            functools.partial(_augmented, augment=augment, max_pixels=max_pixels))
+                            functools.partial(_augmented, augment=augment, max_pixels=max_pixels),
+                            max_bytes)
 
 
 def _augmented(data: bytes, *, augment: v2.Compose, max_pixels: int) -> torch.Tensor:
@@ -150,10 +153,12 @@ def _augmented(data: bytes, *, augment: v2.Compose, max_pixels: int) -> torch.Te
 
 
 def eval_dataset(storage: Storage, items: Sequence[LabelledImage], classes: list[str],
-                 spec: Preprocessing, max_pixels: int) -> Dataset[Sample]:
+                 spec: Preprocessing, max_pixels: int, *,
+                 max_bytes: int | None = None) -> Dataset[Sample]:
     """Validation samples with the serving preprocessing; labels unknown to ``classes`` are -1."""
     return _LabelledDataset(storage, items, classes,
-                            functools.partial(decode_image, spec=spec, max_pixels=max_pixels))
+                            functools.partial(decode_image, spec=spec, max_pixels=max_pixels),
+                            max_bytes)
 
 
 def collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,7 +147,8 @@ class _Run:
     def evaluate(self, model: LoadedModel) -> dict[str, Any]:
         """``model`` on the validation split, with its own classes and serving preprocessing."""
         samples = dataset.eval_dataset(self.storage, self.val_items, model.classes,
-                                        model.preprocessing, self.settings.max_image_pixels)
+                                        model.preprocessing, self.settings.max_image_pixels,
+                                        max_bytes=self.settings.max_object_bytes)
         model.module.to(self.device)
         return evaluate(model.module, self._loader(samples, False), model.preprocessing,
                         model.classes, device=self.device, dtype=self.dtype)
@@ -170,6 +171,7 @@ class _Run:
               ) -> tuple[list[dict[str, Any]], dict[str, Any], Preprocessing]:
         """Train ``start.module`` in place; the history, the best epoch, the preprocessing."""
         c, pixels = self.config, self.settings.max_image_pixels
+        limit = self.settings.max_object_bytes
         base = start.preprocessing
         spec = dataclasses.replace(base, resize=c.resize or base.resize, crop=c.crop or base.crop)
         groups = prepare(start.module, len(self.classes), start.classes != self.classes, c)
@@ -178,9 +180,9 @@ class _Run:
             start.module.to(memory_format=torch.channels_last)
         loaders = (
             self._loader(dataset.training_dataset(self.storage, self.train_items, self.classes,
-                                                   spec, pixels), shuffle=True),
+                                                   spec, pixels, max_bytes=limit), shuffle=True),
             self._loader(dataset.eval_dataset(self.storage, self.val_items, self.classes, spec,
-                                               pixels), shuffle=False))
+                                               pixels, max_bytes=limit), shuffle=False))
         began = time.monotonic()
         history, best = train(start.module, make_optimizer(groups, c), loaders=loaders, spec=spec,
                               classes=self.classes, config=c, device=self.device,
