@@ -121,7 +121,7 @@ def main() -> None:
         "bench": "worker_memory", "machine": machine(), "images": opts.images,
         "warm_up_images": opts.warm_up, "kinds": kinds, "ok": job.ok, "failed": job.failed,
         "rss_after_warm_up_mb": round(after_warm_up, 1), "rss_end_mb": round(end, 1),
-        "rss_peak_mb": round(max(samples + [end]), 1), "growth_mb": round(growth, 1),
+        "rss_peak_mb": round(max([*samples, end]), 1), "growth_mb": round(growth, 1),
         "limit_mb": LIMIT_MB, "within_limit": growth < LIMIT_MB,
         "images_per_s": round(opts.images / seconds, 1),
     }

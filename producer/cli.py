@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+import redis
+
+from shared.connections import redis_problem
 from shared.errors import RstreamError
 from shared.logs import configure
 from shared.settings import Settings, markdown_table
@@ -24,7 +28,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         print(markdown_table())
     else:
-        for name, value in settings.as_env().items():
+        for name, value in settings.shown().items():
             print(f"{name}={value}")
     return 0
 
@@ -52,133 +56,183 @@ def _workers(name: str) -> Handler:
     return _lazy("worker_commands", name)
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1, with the reason when it is not."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rstream", description="Batch image classification over Redis and Celery.")
+        prog="rstream", description="Batch image classification over Redis and Celery. "
+        "Every default comes from an RSTREAM_* setting: `rstream config` shows them.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("config", help="print the settings in effect (validated)")
+    p = commands.add_parser("config", help="print the settings in effect (validated; "
+                            "passwords masked)")
     p.add_argument("--markdown", action="store_true", help="print the README's table instead")
     p.set_defaults(handler=_config)
 
-    p = commands.add_parser("score", help="score images in this process, without Redis")
-    p.add_argument("source", help="a folder, a storage prefix (s3://bucket/prefix) or a list file")
-    p.add_argument("--model", help="model reference (default RSTREAM_MODEL)")
-    p.add_argument("--out", help="output JSONL file (default: standard output)")
-    p.add_argument("--topk", type=int, help="classes per image (default RSTREAM_TOPK)")
+    _add_job_commands(commands)
+    _add_model_commands(commands)
+    _add_worker_commands(commands)
+    return parser
+
+
+def _add_worker_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("score", help="score images in this process, without Redis "
+                            "(needs the worker extra)")
+    p.add_argument("source", help="a folder anywhere on this machine, a folder under "
+                   "RSTREAM_STORAGE_ROOT, s3://bucket/prefix/, or a list file (.txt/.jsonl)")
+    p.add_argument("--model", help="model reference (default: RSTREAM_MODEL)")
+    p.add_argument("--out", help="output JSONL file, written whole or not at all "
+                   "(default: standard output)")
+    p.add_argument("--topk", type=int, help="classes per image (default: RSTREAM_TOPK)")
     p.set_defaults(handler=_workers("score_command"))
 
-    _add_job_commands(commands)
-
-    p = commands.add_parser("samples", help="write sample images made from shipped photos")
-    p.add_argument("prefix", help="where to write them: a path under the root or s3://bucket/prefix")
-    p.add_argument("--count", type=int, default=64)
-    p.add_argument("--size", help="WIDTHxHEIGHT (default: mixed sizes 48-400 px)")
-    p.add_argument("--seed", type=int, default=0)
+    p = commands.add_parser("samples", help="write sample images made from photos that ship "
+                            "with scikit-image and scikit-learn (needs the worker extra)")
+    p.add_argument("prefix", help="where to write them: a path under RSTREAM_STORAGE_ROOT or "
+                   "s3://bucket/prefix")
+    p.add_argument("--count", type=_positive, default=64, help="how many (default 64)")
+    p.add_argument("--size", help="WIDTHxHEIGHT of every image (default: mixed sizes "
+                   "48-400 px, one in four a PNG)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the crops (default 0)")
     p.set_defaults(handler=_workers("samples_command"))
 
-    p = commands.add_parser("worker", help="start inference workers: one process per GPU")
-    p.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: every GPU nvidia-smi lists)")
+    p = commands.add_parser("worker", help="start inference workers: one process per GPU, "
+                            "supervised (needs the worker extra)")
+    p.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: every GPU nvidia-smi lists; "
+                   "none: one process on the CPU)")
     p.add_argument("--cpu", action="store_true", help="one worker on the CPU, even with GPUs")
-    p.add_argument("--concurrency", type=int, help="chunk tasks per process "
-                   "(default RSTREAM_CONCURRENCY)")
-    p.add_argument("--per-gpu", type=int, default=1, metavar="N",
+    p.add_argument("--concurrency", type=_positive, help="chunk tasks per process "
+                   "(default: RSTREAM_CONCURRENCY)")
+    p.add_argument("--per-gpu", type=_positive, default=1, metavar="N",
                    help="worker processes per GPU (more decode in parallel; default 1)")
     p.add_argument("--train", action="store_true",
                    help="run the trainer instead: one process on the train queue")
     p.set_defaults(handler=_workers("worker_command"))
 
-    p = commands.add_parser("beat", help="schedule fine-tunes (RSTREAM_TRAIN_SCHEDULE)")
+    p = commands.add_parser("beat", help="send scheduled fine-tunes at RSTREAM_TRAIN_SCHEDULE "
+                            "(needs the worker extra)")
     p.set_defaults(handler=_workers("beat_command"))
-
-    _add_model_commands(commands)
-    return parser
 
 
 def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("train", help="fine-tune now (on a trainer: rstream worker --train)")
-    p.add_argument("--name", help="model name (default RSTREAM_TRAIN_MODEL)")
+    p = commands.add_parser("train", help="fine-tune now on a trainer (rstream worker --train), "
+                            "or follow a run: rstream train status RUN")
+    p.add_argument("action", nargs="?", choices=("status",),
+                   help="status: show (with --wait: follow) the run RUN")
+    p.add_argument("run", nargs="?", help="with status: the run id `rstream train` printed")
+    p.add_argument("--name", help="model name to train and publish (default: "
+                   "RSTREAM_TRAIN_MODEL)")
+    p.add_argument("--data", help="labelled images, {data}/{class}/* or a JSONL labels "
+                   "manifest (default: RSTREAM_TRAIN_DATA)")
     p.add_argument("--mode", choices=("feature-extract", "finetune"),
-                   help="default RSTREAM_TRAIN_MODE")
-    p.add_argument("--epochs", type=int, help="default RSTREAM_TRAIN_EPOCHS")
-    p.add_argument("--start", help="start from this model reference instead of production")
-    p.add_argument("--force", action="store_true", help="train even if the data is unchanged")
+                   help="train a new fc only, or layer4 + fc (default: RSTREAM_TRAIN_MODE)")
+    p.add_argument("--epochs", type=_positive, help="most epochs (default: "
+                   "RSTREAM_TRAIN_EPOCHS)")
+    p.add_argument("--start", help="start from this model reference instead of production "
+                   "(default: production, else RSTREAM_TRAIN_BASE)")
+    p.add_argument("--force", action="store_true", help="train even if production was "
+                   "trained on the same data")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="advanced: a training option, repeatable (e.g. --set resize=36 "
-                   "--set crop=32 --set batch_size=16)")
+                   help="advanced: a training option, repeatable, checked here (e.g. "
+                   "--set resize=36 --set crop=32 --set batch_size=16)")
     p.add_argument("--wait", action="store_true", help="follow the run with a progress bar")
     p.set_defaults(handler=_models("train_command"))
 
-    models = commands.add_parser("models", help="the model registry").add_subparsers(
-        dest="models_command", required=True, metavar="ACTION")
+    models = commands.add_parser("models", help="the model registry under RSTREAM_MODELS"
+                                 ).add_subparsers(dest="models_command", required=True,
+                                                  metavar="ACTION")
     p = models.add_parser("ls", help="versions, their accuracy, and which serves (*)")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="one model (default: every model)")
     p.set_defaults(handler=_models("models_ls_command"))
     p = models.add_parser("promote", help="make NAME@VERSION the production version")
-    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("ref", metavar="NAME@VERSION", help="the version to serve")
     p.set_defaults(handler=_models("models_promote_command"))
     p = models.add_parser("rollback", help="production back to the previous version")
-    p.add_argument("name")
+    p.add_argument("name", help="the model whose production goes back")
     p.set_defaults(handler=_models("models_rollback_command"))
 
 
 def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("submit", help="submit a prefix, a manifest file or a list for scoring")
-    p.add_argument("source", help="s3://bucket/prefix/, a path under the storage root, "
-                   "or a manifest (.txt/.jsonl) of URIs")
-    p.add_argument("--job", help="job id (default: generated); resubmitting the same resumes it")
-    p.add_argument("--model", help="model reference (default RSTREAM_MODEL)")
-    p.add_argument("--chunk-size", type=int, help="images per task (default RSTREAM_CHUNK_SIZE)")
-    p.add_argument("--wait", action="store_true", help="wait for the job with a progress bar")
+    p = commands.add_parser("submit", help="submit a folder, a list file or a prefix for "
+                            "scoring; prints the job id first")
+    p.add_argument("source", help="a folder under RSTREAM_STORAGE_ROOT, s3://bucket/prefix/, "
+                   "or a list file (.txt/.jsonl/.list/.manifest) of URIs")
+    p.add_argument("--job", help="job id (default: generated); the same id and arguments "
+                   "continue the job from its input record")
+    p.add_argument("--model", help="model reference (default: RSTREAM_MODEL)")
+    p.add_argument("--chunk-size", type=_positive, help="images per task (default: "
+                   "RSTREAM_CHUNK_SIZE)")
+    p.add_argument("--wait", action="store_true", help="then wait for the job with a progress "
+                   "bar")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
     p.set_defaults(handler=_jobs("submit_command"))
 
-    p = commands.add_parser("status", help="a job's counts, rate and ETA")
-    p.add_argument("job")
+    p = commands.add_parser("status", help="a job's counts, rate and ETA, and what it waits for")
+    p.add_argument("job", help="the job id")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(handler=_jobs("status_command"))
 
     p = commands.add_parser("wait", help="wait for a job with a progress bar")
-    p.add_argument("job")
+    p.add_argument("job", help="the job id")
     p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
     p.set_defaults(handler=_jobs("wait_command"))
 
     p = commands.add_parser("results", help="stream a job's result lines (JSONL)")
-    p.add_argument("job")
+    p.add_argument("job", help="the job id")
     p.add_argument("--failed", action="store_true", help="only the failed images")
     p.set_defaults(handler=_jobs("results_command"))
 
     p = commands.add_parser("cancel", help="skip a job's queued chunks (running ones finish)")
-    p.add_argument("job")
+    p.add_argument("job", help="the job id")
     p.set_defaults(handler=_jobs("cancel_command"))
 
     p = commands.add_parser("retry", help="resubmit a finished job's failed images")
-    p.add_argument("job")
+    p.add_argument("job", help="the job id")
     p.add_argument("--wait", action="store_true", help="wait for the retry")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any still fail")
     p.set_defaults(handler=_jobs("retry_command"))
 
-    p = commands.add_parser("resume", help="send again a stuck job's chunks that are not done")
-    p.add_argument("job")
+    p = commands.add_parser("resume", help="send again the recorded chunks of a job that are "
+                            "not done, and finish a submission that stopped")
+    p.add_argument("job", help="the job id")
     p.add_argument("--wait", action="store_true", help="wait for the job")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
     p.set_defaults(handler=_jobs("resume_command"))
 
     p = commands.add_parser("jobs", help="recent jobs, newest first")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
     p.set_defaults(handler=_jobs("jobs_command"))
 
     p = commands.add_parser("dead-letters",
                             help="task messages the workers refused, newest first, with why")
-    p.add_argument("--limit", type=int, default=20, help="how many to show (default 20)")
+    p.add_argument("--limit", type=_positive, default=20, help="how many to show (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line, raw included")
     p.add_argument("--clear", action="store_true", help="delete them all (after showing them)")
     p.set_defaults(handler=_jobs("dead_letters_command"))
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("rstream")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rstream`` console script."""
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
         configure(settings.log_level)
@@ -186,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, settings)
     except RstreamError as exc:
         print(f"rstream: error: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:  # Redis went away in the middle of a command
+        assert settings is not None
+        print(f"rstream: error: {redis_problem(settings.redis_url, exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

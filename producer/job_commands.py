@@ -7,21 +7,61 @@ import json
 import sys
 from datetime import UTC, datetime
 
+from tqdm import tqdm
+
 from producer import monitor
-from producer.submit import Client, resume, retry, submit
-from shared import deadletters
-from shared.jobs import DONE
+from producer.submit import Client, Sent, resume, retry, submit_counted
+from shared import deadletters, workers
+from shared.constants import INFER_QUEUE
+from shared.errors import RstreamError
+from shared.jobs import DONE, RUNNING, Job, check_job_id, new_job_id
 from shared.results import job_prefix
 from shared.settings import Settings
 
 
 def submit_command(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings)
-    source = args.source
-    job = submit(source, job=args.job, model=args.model, chunk_size=args.chunk_size,
-                 client=client)
-    print(job)
+    job = check_job_id(args.job or new_job_id())
+    print(job, flush=True)  # first: a script can follow the job while it is being sent
+    bars: list[tqdm] = []  # made at the first chunk sent: a refused submission shows none
+
+    def progress(sent: Sent) -> None:
+        if not bars:
+            bars.append(_bar("submitting"))
+        bars[0].set_postfix(chunks=sent.chunks, recorded=sent.listed_images, refresh=False)
+        bars[0].update(sent.images - bars[0].n)
+
+    try:
+        sent = submit_counted(args.source, job=job, model=args.model,
+                              chunk_size=args.chunk_size, client=client, progress=progress)
+    except KeyboardInterrupt:
+        print(f"rstream: interrupted: {_continue_hint(client, job)}", file=sys.stderr)
+        return 130
+    except RstreamError as exc:
+        hint = _continue_hint(client, job) if client.jobs.exists(job) else ""
+        print(f"rstream: error: {exc}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return 2
+    finally:
+        for bar in bars:
+            bar.close()
+    for note in sent.notes:
+        print(note, file=sys.stderr)
+    print(f"job {job}: sent {sent.chunks} chunk(s), {sent.images} images", file=sys.stderr)
     return _wait(client, job, args.strict) if args.wait else 0
+
+
+def _bar(desc: str) -> tqdm:
+    # Off a terminal (CI logs, files) the bar prints a line every 10 s instead of redrawing.
+    return tqdm(desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.2 if sys.stderr.isatty() else 10.0)
+
+
+def _continue_hint(client: Client, job: str) -> str:
+    if not client.jobs.exists(job):
+        return f"nothing was recorded for job {job}"
+    record = client.jobs.get(job)
+    return (f"job {job} keeps its {record.listed_images} recorded images; run the same "
+            f"command again, or `rstream resume {job}`, to continue")
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -32,17 +72,37 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     job = state.job
     eta = "-" if state.eta_s is None else f"{state.eta_s:.0f} s"
-    print(f"job {args.job}: {job.status}  {job.processed}/{job.images} images "
+    total = f"{job.images}+" if job.submitting else f"{job.images}"
+    print(f"job {args.job}: {job.status}  {job.processed}/{total} images "
           f"({job.ok} ok, {job.failed} failed)  {state.rate:.1f} img/s  ETA {eta}")
     print(f"model {job.model}  results {job_prefix(job.results, args.job)}/")
-    hint = monitor.stuck_reason(client.jobs, args.job, settings.visibility_timeout + 60)
-    if hint:
-        print(hint)
-    if job.stalled_chunks:
-        print(f"{job.stalled_chunks} chunk(s) could not write their part; last error: "
-              f"{job.last_error}. Fix it, then send them again with "
-              f"`rstream resume {args.job}`.")
+    for line in _explain(client, job, settings):
+        print(line)
     return 0
+
+
+def _explain(client: Client, job: Job, settings: Settings) -> list[str]:
+    """What a person needs to know about the job beyond its counts."""
+    lines = []
+    if job.submitting and job.submit_error:
+        lines.append(f"submission stopped after {job.images} of {job.listed_images} recorded "
+                     f"images were sent ({job.submit_error}): run the same submit again, or "
+                     f"`rstream resume {job.id}`, to continue")
+    elif job.submitting:
+        lines.append(f"still submitting: {job.listed_images} images recorded so far")
+    if job.status == RUNNING:
+        absent = workers.absence(client.jobs.redis, INFER_QUEUE)
+        if absent:
+            lines.append(f"waiting: {absent}")
+        else:
+            hint = monitor.stuck_reason(client.jobs, job.id, settings.visibility_timeout + 60)
+            if hint:
+                lines.append(hint)
+    if job.stalled_chunks:
+        lines.append(f"{job.stalled_chunks} chunk(s) could not write their part; last error: "
+                     f"{job.last_error}. Fix it, then send them again with "
+                     f"`rstream resume {job.id}`.")
+    return lines
 
 
 def wait_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -77,7 +137,9 @@ def cancel_command(args: argparse.Namespace, settings: Settings) -> int:
 def resume_command(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings)
     sent = resume(args.job, client=client)
-    print(f"job {args.job}: sent {sent} chunk(s) that were not done")
+    for note in sent.notes:
+        print(note, file=sys.stderr)
+    print(f"job {args.job}: sent {sent.chunks} chunk(s) that were not done")
     return _wait(client, args.job, args.strict) if args.wait else 0
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
 
+from shared import workers
 from shared.celery_app import queued
 from shared.constants import INFER_QUEUE
 from shared.finetune_runs import FINISHED, TrainRuns
@@ -39,7 +40,8 @@ def status(store: JobStore, job_id: str) -> Status:
     elapsed = max(end - job.created_at, 1e-9)
     rate = job.processed / elapsed
     remaining = job.images - job.processed
-    eta = remaining / rate if rate > 0 and not job.finished else None
+    # No estimate from a partial total: while the producer still lists, the total grows.
+    eta = remaining / rate if rate > 0 and not job.finished and not job.submitting else None
     return Status(job, rate, eta)
 
 
@@ -60,30 +62,64 @@ def stuck_reason(store: JobStore, job_id: str, idle_after_s: float) -> str | Non
 
 
 def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool = True,
-         poll_s: float = 0.5, timeout_s: float | None = None) -> Job:
+         poll_s: float = 0.5, timeout_s: float | None = None,
+         notice: Callable[[str], None] | None = None) -> Job:
     """Block until the job is done or cancelled, with a progress bar; returns the final record.
 
-    When the job is done but its manifest is missing (the worker that finished it died just
-    then), the manifest is written here, so a finished job always has one.
+    ``notice`` (default: a line above the bar, when it is shown) hears at once when no live
+    worker consumes the job's queue, when that changes, and when chunks stall. When the job
+    is done but its manifest is missing (the worker that finished it died just then), the
+    manifest is written here, so a finished job always has one.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     # Off a terminal (CI logs, files) the bar prints a line every 10 s instead of redrawing.
     interval = 0.2 if sys.stderr.isatty() else 10.0
     with tqdm(total=0, unit="img", disable=not show_progress, dynamic_ncols=True,
               mininterval=interval) as bar:
+        say = notice or ((lambda text: bar.write(text, file=sys.stderr)) if show_progress
+                         else (lambda _: None))
+        watch = _Watch(store, job_id, say)
         while True:
             job = store.get(job_id)
-            bar.total = max(job.images, job.processed)
+            bar.total = max(job.listed_images if job.submitting else job.images, job.processed)
             bar.set_postfix(failed=job.failed, refresh=False)
             bar.update(job.processed - bar.n)
             if job.finished:
                 break
+            watch.check(job)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
             time.sleep(poll_s)
     if job.status == DONE and not storage.exists(manifest_uri(job.results, job_id)):
         write_manifest(storage, store, job_id)
     return job
+
+
+class _Watch:
+    """What ``wait`` tells as it happens: no worker on the queue, stalled chunks."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, store: JobStore, job_id: str, say: Callable[[str], None]) -> None:
+        self.store, self.job_id, self.say = store, job_id, say
+        self.absent: str | None = None
+        self.stalled = 0
+        self.checked = 0.0
+
+    def check(self, job: Job) -> None:
+        if job.stalled_chunks > self.stalled:
+            self.stalled = job.stalled_chunks
+            self.say(f"job {self.job_id}: {job.stalled_chunks} chunk(s) stalled: "
+                     f"{job.last_error}")
+        if time.monotonic() - self.checked < self.EVERY_S:
+            return
+        self.checked = time.monotonic()
+        absent = workers.absence(self.store.redis, INFER_QUEUE)
+        if absent and absent != self.absent:
+            self.say(f"job {self.job_id}: waiting: {absent}")
+        elif self.absent and not absent:
+            self.say(f"job {self.job_id}: a worker consumes the {INFER_QUEUE!r} queue again")
+        self.absent = absent
 
 
 def results(store: JobStore, storage: Storage, job_id: str, *,

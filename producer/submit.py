@@ -1,4 +1,14 @@
-"""Submitting jobs: stream URIs into chunk tasks, with backpressure, resumable, and retries."""
+"""Submitting jobs: record the inputs, send chunk tasks with backpressure, resume, retry.
+
+A first submission lists its source as a stream and, segment by segment, writes each chunk's
+URIs to the job's input record (``shared/inputs.py``), records that in the job, then sends
+those chunks. So a chunk holds the same URIs forever: resubmitting the same job, ``rstream
+resume`` and the workers' sweeper send chunks from the record, never from a new listing, and
+files that land under a folder later belong to a new job. A source that is refused before
+anything is recorded leaves no job behind; a submission stopped later (Ctrl-C, a storage
+error, a bad line in a list file) keeps its record and the reason, and the same command
+continues it.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +16,52 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from celery import Celery
 
-from shared import modelref
+from shared import modelref, sources
 from shared.celery_app import make_app, queued
+from shared.connections import check_redis
 from shared.constants import INFER_QUEUE, INFER_TASK
 from shared.errors import ConfigError
-from shared.jobs import JobStore, new_job_id
+from shared.inputs import InputRecord, segment_size
+from shared.jobs import RUNNING, Job, JobStore, check_job_id, new_job_id
 from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
 from shared.registry import Registry
 from shared.results import failed_uris
 from shared.settings import Settings
-from shared.sources import chunked, iter_uris
+from shared.sources import Source, chunked
 from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (chunks sent, images sent)
+
+@dataclass
+class Sent:
+    """How far a submission got; the progress callback sees it after every chunk."""
+
+    job: str
+    listed_images: int = 0  # in the input record
+    chunks: int = 0  # sent by this call
+    images: int = 0
+    resumed: bool = False  # the job existed: chunks came from its record first
+    notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[Sent], None]
 
 
 class Client:
-    """What the producer needs: settings, storage, the job store and a Celery app."""
+    """What the producer needs: settings, storage, the job store and a Celery app.
+
+    Building one pings Redis once (a few seconds at most), so a wrong or unreachable
+    ``RSTREAM_REDIS_URL`` is one clear error instead of a long wait and a traceback.
+    """
 
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        check_redis(settings.redis_url)
         self.settings = settings
         self.storage = Storage(settings)
         self.jobs = JobStore.from_url(settings.redis_url, settings.job_ttl)
@@ -52,40 +83,36 @@ class Client:
                            queue=INFER_QUEUE, task_id=message.task_id)
 
 
-def submit(source: str | Iterable[str], job: str | None = None, model: str | None = None,
-           chunk_size: int | None = None, *, settings: Settings | None = None,
-           max_pending: int | None = None, client: Client | None = None,
-           progress: Progress | None = None) -> str:
+def submit(source: str | Iterable[str] | Source, job: str | None = None,
+           model: str | None = None, chunk_size: int | None = None, *,
+           settings: Settings | None = None, max_pending: int | None = None,
+           client: Client | None = None, progress: Progress | None = None) -> str:
     """Submit every image of ``source`` for scoring; returns the job id.
 
-    ``source`` is a storage prefix, a manifest file or an iterable of URIs. Resubmitting the
-    same job id with the same arguments resumes it: chunks already done are not sent again,
-    and no chunk is counted twice.
+    ``source`` is a folder, a list file or an iterable of URIs (see ``shared/sources.py``).
+    Resubmitting the same job id with the same arguments continues it from its input record:
+    chunks already done are not sent again, and no chunk is counted twice. Other arguments
+    under the same id are refused.
     """
+    return submit_counted(source, job, model, chunk_size, settings=settings,
+                          max_pending=max_pending, client=client, progress=progress).job
+
+
+def submit_counted(source: str | Iterable[str] | Source, job: str | None = None,
+                   model: str | None = None, chunk_size: int | None = None, *,
+                   settings: Settings | None = None, max_pending: int | None = None,
+                   client: Client | None = None, progress: Progress | None = None) -> Sent:
+    """:func:`submit`, returning what was sent."""
     settings = settings or (client.settings if client else Settings.from_env())
     client = client or Client(settings)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
-    size = chunk_size or settings.chunk_size
+    job = check_job_id(job or new_job_id())
+    resolved = source if isinstance(source, Source) else sources.resolve(source, client.storage)
     limit = settings.max_pending_chunks if max_pending is None else max_pending
-    job = job or new_job_id()
-    source_text = source if isinstance(source, str) else "<list>"
-    client.jobs.create_or_resume(job, model=model, results=settings.results,
-                                 source=source_text, chunk_size=size)
-    sent = images = 0
-    for index, uris in enumerate(chunked(iter_uris(source, client.storage), size)):
-        if client.jobs.is_done(job, index, 0):
-            continue
-        client.wait_for_room(limit)
-        client.jobs.mark_sent(job, index, 0, len(uris))
-        client.send(ChunkMessage(job, index, uris, model, settings.results))
-        sent += 1
-        images += len(uris)
-        if progress:
-            progress(sent, images)
-    _end_submit(client, job)
-    logger.info("job %s: sent %d chunks, %d images", job, sent, images)
-    return job
+    run = _Submission(client, job, resolved, model=model, results=settings.results,
+                      size=chunk_size or settings.chunk_size, limit=limit, progress=progress)
+    return run.run()
 
 
 def check_model(model: str, client: Client) -> str:
@@ -104,9 +131,127 @@ def check_model(model: str, client: Client) -> str:
     return model.strip()
 
 
-def _end_submit(client: Client, job: str) -> None:
-    if client.jobs.end_submit(job):  # every chunk was already done: nobody else will write it
-        write_manifest(client.storage, client.jobs, job)
+class _Submission:
+    """One call of :func:`submit`: record, send, and end the submission."""
+
+    def __init__(self, client: Client, job: str, source: Source, *, model: str,
+                 results: str, size: int, limit: int, progress: Progress | None) -> None:
+        self.client, self.jobs, self.job = client, client.jobs, job
+        self.source, self.model, self.results = source, model, results
+        self.size, self.limit, self.progress = size, limit, progress
+        self.inputs = InputRecord(client.storage, results, job)
+        self.sent = Sent(job)
+
+    def run(self) -> Sent:
+        fresh = None if self.jobs.exists(self.job) else self._first_uris()
+        created = self.jobs.create_or_resume(self.job, model=self.model, results=self.results,
+                                             source=self.source.location, chunk_size=self.size)
+        fresh = fresh if created else None  # another submission created it meanwhile
+        record = self.jobs.get(self.job)
+        self.sent.resumed = not created
+        try:
+            if not created:
+                self._send_recorded(record)
+            if not record.listing_done:
+                self._list_record_send(record, fresh)
+            elif not created and self.source.kind == "folder":
+                self.sent.notes.append(
+                    f"job {self.job} continued from its input record ({record.listed_images} "
+                    f"images, as first listed); files added to {self.source.location} since "
+                    "are not part of it: submit them as a new job")
+        except BaseException as exc:
+            self._stopped(created, exc)
+            raise
+        if self.jobs.end_submit(self.job):  # every chunk was already done: nobody else will
+            write_manifest(self.client.storage, self.jobs, self.job)
+        logger.info("job %s: sent %d chunks, %d images", self.job, self.sent.chunks,
+                    self.sent.images)
+        return self.sent
+
+    def _first_uris(self) -> Iterable[str]:
+        """The new job's URIs, with the first one already fetched: a source that is missing,
+        refused or empty fails here, before any record exists."""
+        self.source.check(self.client.storage)
+        uris = self.source.uris(self.client.storage)
+        first = next(uris, None)
+        if first is None:
+            raise ConfigError(f"{self._shown()}: no images there: check the folder, prefix or "
+                              "list file")
+        return _chain(first, uris)
+
+    def _shown(self) -> str:
+        return "the list" if self.source.kind == "list" else self.source.location
+
+    def _stopped(self, created: bool, exc: BaseException) -> None:
+        if created and self.sent.listed_images == 0:
+            self.jobs.delete(self.job)  # nothing was recorded: leave no job behind
+            self.inputs.delete()
+            return
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else \
+            f"{type(exc).__name__}: {exc}"
+        try:
+            self.jobs.submission_stopped(self.job, reason)
+        except Exception:
+            logger.exception("could not record why the submission of %s stopped", self.job)
+
+    def _send_recorded(self, record: Job) -> None:
+        """Send the recorded chunks that are not done (a resubmission or ``resume``)."""
+        self.sent.listed_images = record.listed_images
+        for first in self.inputs.segments():
+            if first >= record.listed_chunks:
+                break
+            segment = [(c, uris) for c, uris in self.inputs.chunks_of(first)
+                       if c < record.listed_chunks]
+            done = self.jobs.done_chunks(self.job, [c for c, _ in segment], 0)
+            for chunk, uris in segment:
+                if chunk not in done:
+                    self._send(chunk, uris)
+
+    def _list_record_send(self, record: Job, fresh: Iterable[str] | None) -> None:
+        """List the source (or its rest), record each segment, then send its chunks."""
+        uris = fresh if fresh is not None else self.source.uris(
+            self.client.storage, start_after=record.last_uri, skip=record.listed_images)
+        first, images, segment = record.listed_chunks, record.listed_images, []
+        for chunk in chunked(uris, self.size):
+            segment.append(chunk)
+            if len(segment) == segment_size(first):
+                images = self._record(first, segment, images, done=False)
+                first += len(segment)
+                segment = []
+        self._record(first, segment, images, done=True)
+
+    def _record(self, first: int, segment: list[list[str]], images: int, *,
+                done: bool) -> int:
+        """Write one segment to the input record, note it in the job, send its chunks."""
+        self._check_still_running()
+        if segment:
+            self.inputs.write_segment(first, segment)
+            images += sum(len(uris) for uris in segment)
+        last = segment[-1][-1] if segment else self.jobs.get(self.job).last_uri
+        self.jobs.record_listed(self.job, first + len(segment), images, last, done=done)
+        self.sent.listed_images = images
+        for offset, uris in enumerate(segment):
+            self._send(first + offset, uris)
+        return images
+
+    def _check_still_running(self) -> None:
+        status = self.jobs.get(self.job).status
+        if status != RUNNING:
+            raise ConfigError(f"job {self.job} is {status}: submission stopped")
+
+    def _send(self, chunk: int, uris: list[str]) -> None:
+        self.client.wait_for_room(self.limit)
+        self.jobs.mark_sent(self.job, chunk, 0, len(uris))
+        self.client.send(ChunkMessage(self.job, chunk, uris, self.model, self.results))
+        self.sent.chunks += 1
+        self.sent.images += len(uris)
+        if self.progress:
+            self.progress(self.sent)
+
+
+def _chain(first: str, rest: Iterable[str]) -> Iterable[str]:
+    yield first
+    yield from rest
 
 
 def retry(job: str, *, client: Client) -> int:
@@ -129,28 +274,29 @@ def retry(job: str, *, client: Client) -> int:
             client.jobs.mark_sent(job, chunk, generation, len(failed))
             client.send(ChunkMessage(job, chunk, failed, model, results, generation))
             resubmitted += len(failed)
-    _end_submit(client, job)
+    if client.jobs.end_submit(job):
+        write_manifest(client.storage, client.jobs, job)
     return resubmitted
 
 
-def resume(job: str, *, client: Client) -> int:
-    """Send again every chunk of ``job`` that is not done; returns how many were sent.
+def resume(job: str, *, client: Client, progress: Progress | None = None) -> Sent:
+    """Send again every recorded chunk of ``job`` that is not done, and finish listing its
+    source if the first submission stopped before the end; returns what was sent.
 
-    For a job that stopped progressing with nothing queued: a chunk message lost with a Redis
-    crash, or chunks that stalled on a storage error now fixed. The job's own source, model,
-    output and chunk size are used, so the chunks are the same ones and nothing is counted
-    twice. A job submitted as a Python list cannot be re-listed: submit the same list again.
+    For a job that stopped progressing with nothing queued (a chunk message lost with a Redis
+    crash; chunks that stalled on a storage error now fixed) or whose submission was cut
+    short. The job's own source, model, output and chunk size are used.
     """
     record = client.jobs.get(job)
-    if record.source == "<list>":
-        raise ConfigError(f"job {job} was submitted as a list of URIs, which rstream cannot list "
-                          "again: call submit() with the same list and job id")
-    settings = dataclasses.replace(client.settings, results=record.results)
-    sent: list[int] = [0]
+    if record.source == sources.LIST:
+        if not record.listing_done:
+            raise ConfigError(f"job {job} was submitted as a list of URIs and its submission "
+                              "stopped before the end: call submit() with the same list and "
+                              "job id to continue it")
+        source = Source("list", sources.LIST, ())
+    else:
+        source = sources.resolve(record.source, client.storage)
+    return submit_counted(source, job=job, model=record.model, chunk_size=record.chunk_size,
+                          settings=dataclasses.replace(client.settings, results=record.results),
+                          client=client, progress=progress)
 
-    def count(chunks: int, _images: int) -> None:
-        sent[0] = chunks
-
-    submit(record.source, job=job, model=record.model, chunk_size=record.chunk_size,
-           settings=settings, client=client, progress=count)
-    return sent[0]

@@ -56,8 +56,13 @@ class Backend(ABC):
         """Size and ETag; NotFoundError when absent."""
 
     @abstractmethod
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Objects whose key starts with ``prefix``, lazily, a page or a directory at a time."""
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, lazily, a page or a directory at a time,
+        in key order (UTF-8 byte order, as S3 lists); only keys after ``start_after``."""
+
+    @abstractmethod
+    def read_lines(self, key: str) -> Iterator[str]:
+        """The object's text, UTF-8, line by line, streamed; PermanentError if not UTF-8."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -20,5 +20,6 @@ JOB_COUNTS_KEY = REDIS_PREFIX + ":job:{job}:counts"  # chunk -> {"ok", "failed",
 JOB_ERRORS_KEY = REDIS_PREFIX + ":job:{job}:errors"  # "chunk:generation" -> why it has no part
 JOBS_INDEX_KEY = REDIS_PREFIX + ":jobs"
 DEAD_LETTERS_KEY = REDIS_PREFIX + ":dead-letters"  # newest first; messages refused with why
+WORKER_KEY = REDIS_PREFIX + ":worker:{node}"  # a live worker's heartbeat (expires)
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"
 TRAIN_RUN_KEY = REDIS_PREFIX + ":train:run:{run}"  # one fine-tune run's progress and outcome

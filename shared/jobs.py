@@ -161,6 +161,11 @@ class Job:
     submitting: bool = False  # the producer is still sending chunks
     stalled_chunks: int = 0  # chunks whose part could not be written, for good
     last_error: str = ""
+    listed_chunks: int = 0  # chunks in the input record (shared/inputs.py)
+    listed_images: int = 0
+    last_uri: str = ""  # the last URI recorded: a folder's listing continues after it
+    listing_done: bool = False  # the input record holds every chunk of the job
+    submit_error: str = ""  # why the last submission stopped before it sent everything
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> Job:
@@ -242,9 +247,32 @@ class JobStore:
                 f"job {job} already exists with another source, model, output or chunk size: "
                 "choose another --job name, or resubmit exactly the same one to resume it")
         # A resumed job sends its stalled chunks again: forget why they stalled.
-        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now, "stalled_chunks": 0})
+        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now, "stalled_chunks": 0,
+                                      "submit_error": ""})
         self.redis.delete(JOB_ERRORS_KEY.format(job=job))
         return False
+
+    def record_listed(self, job: str, chunks: int, images: int, last_uri: str, *,
+                      done: bool = False) -> None:
+        """The input record now holds ``chunks`` chunks (``images`` URIs, ``last_uri`` last);
+        ``done``: and that is all of them."""
+        self.redis.hset(JOB_KEY.format(job=job), mapping={
+            "listed_chunks": chunks, "listed_images": images, "last_uri": last_uri,
+            "listing_done": int(done), "updated_at": time.time()})
+
+    def submission_stopped(self, job: str, reason: str) -> None:
+        """The producer stopped before sending everything (Ctrl-C, a source error): keep why."""
+        self.redis.hset(JOB_KEY.format(job=job),
+                        mapping={"submit_error": reason[:500], "updated_at": time.time()})
+
+    def delete(self, job: str) -> None:
+        """Forget a job entirely (a submission refused before anything was sent)."""
+        keys = [k.format(job=job) for k in (JOB_KEY, JOB_SENT_KEY, JOB_DONE_KEY,
+                                            JOB_COUNTS_KEY, JOB_ERRORS_KEY)]
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            pipe.zrem(JOBS_INDEX_KEY, job)
+            pipe.execute()
 
     def get(self, job: str) -> Job:
         raw = self.redis.hgetall(JOB_KEY.format(job=job))
@@ -260,6 +288,17 @@ class JobStore:
 
     def is_done(self, job: str, chunk: int, generation: int) -> bool:
         return bool(self.redis.hexists(JOB_DONE_KEY.format(job=job), f"{chunk}:{generation}"))
+
+    def exists(self, job: str) -> bool:
+        return bool(self.redis.exists(JOB_KEY.format(job=job)))
+
+    def done_chunks(self, job: str, chunks: list[int], generation: int) -> set[int]:
+        """Which of ``chunks`` are done (one Redis call)."""
+        if not chunks:
+            return set()
+        found = self.redis.hmget(JOB_DONE_KEY.format(job=job),
+                                 [f"{chunk}:{generation}" for chunk in chunks])
+        return {chunk for chunk, flag in zip(chunks, found, strict=True) if flag is not None}
 
     def was_sent(self, job: str, chunk: int, generation: int) -> bool:
         """Whether the producer recorded this chunk as sent (a message may claim anything)."""

@@ -113,27 +113,44 @@ class LocalBackend(Backend):
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         head, _, _ = prefix.rpartition("/")
         start = self.path(head) if head else self.root
         if start.is_dir():
-            yield from self._walk(start, prefix)
+            yield from self._walk(start, prefix, start_after or "")
 
-    def _walk(self, directory: Path, prefix: str) -> Iterator[ObjectInfo]:
+    def _walk(self, directory: Path, prefix: str, after: str) -> Iterator[ObjectInfo]:
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            # Key order, as S3 lists: a folder's keys all start with "name/", so it sorts as
+            # "name/" does ("a-b" before the folder "a", "a0" after it).
+            entries = sorted(it, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False)
+                             else e.name)
         for entry in entries:
             if entry.name.startswith((_TMP_PREFIX, ".rstream-cas")):
                 continue
             key = Path(entry.path).relative_to(self.root).as_posix()
             if entry.is_dir(follow_symlinks=False):
-                if key.startswith(prefix) or prefix.startswith(key + "/"):
-                    yield from self._walk(Path(entry.path), prefix)
-            elif key.startswith(prefix) and entry.is_file():
+                inside = key + "/"
+                if after and inside < after and not after.startswith(inside):
+                    continue  # every key in it sorts before start_after
+                if key.startswith(prefix) or prefix.startswith(inside):
+                    yield from self._walk(Path(entry.path), prefix, after)
+            elif key.startswith(prefix) and key > after and entry.is_file():
                 # A symlink is listed too; reading it enforces the root, so one that leads
                 # out gets an error line instead of vanishing from the job.
                 st = entry.stat()
                 yield ObjectInfo(key, st.st_size, _etag(st))
+
+    def read_lines(self, key: str) -> Iterator[str]:
+        path = self.path(key)
+        try:
+            with open(path, encoding="utf-8") as lines:
+                yield from lines
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri(key)}: no such file") from None
+        except UnicodeDecodeError as exc:
+            raise PermanentError(f"{self.uri(key)}: not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start})") from None
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

@@ -119,6 +119,8 @@ class Registry:
         """
         self.read_meta(name, version)  # NotFoundError for a version that was never published
         pointer, etag = self.read_pointer(name) if current is None else current
+        if pointer and pointer["version"] == version:
+            return pointer  # already production: it must not become its own previous version
         previous = list(pointer.get("previous", [])) if pointer else []
         if pointer:
             previous.append(str(pointer["version"]))

@@ -107,15 +107,28 @@ class S3Backend(Backend):
             _raise_mapped(exc, self.uri(key))
         return ObjectInfo(key, response["ContentLength"], response["ETag"])
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+        extra = {"StartAfter": start_after} if start_after else {}
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra)
         try:
             for page in pages:  # one page (at most 1,000 keys) in memory at a time
                 for item in page.get("Contents", ()):
                     yield ObjectInfo(item["Key"], item["Size"], item["ETag"])
         except (ClientError, BotoCoreError) as exc:
             _raise_mapped(exc, self.uri(prefix))
+
+    def read_lines(self, key: str) -> Iterator[str]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            for number, raw in enumerate(body.iter_lines(64 * 1024, keepends=True), 1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise PermanentError(f"{self.uri(key)}:{number}: not UTF-8 text "
+                                         f"({exc.reason})") from None
+        except (ClientError, BotoCoreError) as exc:
+            _raise_mapped(exc, self.uri(key))
 
     def delete(self, key: str) -> None:
         try:

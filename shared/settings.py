@@ -277,6 +277,8 @@ class Settings:
         for f in dataclasses.fields(self):
             raw = _as_text(getattr(self, f.name))
             object.__setattr__(self, f.name, _parse(f, env_name(f.name), raw))
+        for name in ("results", "models", "train_data"):
+            _inside_root(env_name(name), getattr(self, name), self.storage_root)
         if self.visibility_timeout <= self.task_time_limit:
             raise ConfigError(
                 f"RSTREAM_VISIBILITY_TIMEOUT={self.visibility_timeout} must exceed "
@@ -303,6 +305,16 @@ class Settings:
         return {env_name(f.name): _as_text(getattr(self, f.name))
                 for f in dataclasses.fields(self)}
 
+    def shown(self) -> dict[str, str]:
+        """:meth:`as_env` with passwords masked: what ``rstream config`` and logs print."""
+        return {name: mask_url(value) if name == env_name("redis_url") else value
+                for name, value in self.as_env().items()}
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``****``, for output and logs."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1****@", url)
+
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
@@ -319,7 +331,23 @@ def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
     try:
         return f.metadata["parse"](raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid ({exc}): {f.metadata['fix']}") from None
+        shown = mask_url(raw) if f.name == "redis_url" else raw
+        raise ConfigError(f"{name}={shown!r} is invalid ({exc}): {f.metadata['fix']}") from None
+
+
+def _inside_root(name: str, value: str, root: str) -> None:
+    """A local location (not s3://) must resolve inside the storage root, as every read and
+    write there will be checked to; say so now rather than at the first write."""
+    if value.startswith("s3://"):
+        return
+    path = "/" + value[len("file://"):].partition("/")[2] if value.startswith("file://") \
+        else value
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(real_root, path))
+    if target != real_root and not target.startswith(real_root + os.sep):
+        raise ConfigError(f"{name}={value!r} resolves to {target}, outside "
+                          f"RSTREAM_STORAGE_ROOT ({real_root}): use a path inside the root, "
+                          "or s3://bucket/prefix")
 
 
 _ENV_NAMES = frozenset(env_name(f.name) for f in dataclasses.fields(Settings))

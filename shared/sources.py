@@ -1,49 +1,113 @@
-"""Where URIs come from: a storage prefix, a manifest file, or a list; all streamed.
+"""Where URIs come from: a folder (a storage prefix), a list file, or a Python list; streamed.
 
-Used by `rstream submit` and `rstream score` alike."""
+A source is resolved once, and checked, before anything is recorded or sent:
+
+- ``s3://bucket/prefix``: everything under that prefix, taken as a folder (``/`` is added),
+  listed page by page in key order;
+- a path under ``RSTREAM_STORAGE_ROOT`` (plain or ``file://``): a folder, listed in the same
+  key order; never a string prefix (``photo`` does not mean ``photos/``);
+- a list file, ending in .txt, .jsonl, .list or .manifest, on this machine (relative to the
+  current directory, or absolute) or in storage: one URI per line, or JSON objects with a
+  ``"uri"`` field; ``#`` comments and blank lines are skipped;
+- in Python, any iterable of URI strings.
+
+A folder or bucket that does not exist, a path outside the root, a bucket that is not
+allowed, and a list file that cannot be read are refused with the reason. Used by
+``rstream submit`` and ``rstream score`` alike.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 
-from shared.errors import PermanentError
+from shared.errors import ConfigError, NotFoundError, PermanentError
 from shared.storage import Storage
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".list", ".manifest")
+LIST = "<list>"  # the recorded source of a job submitted as a Python list
 
 
-def iter_uris(source: str | Iterable[str], storage: Storage) -> Iterator[str]:
-    """The URIs of ``source``, lazily, in a stable order.
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: ``kind`` is ``folder``, ``file`` (a list file on this machine),
+    ``stored-list`` (a list file in storage) or ``list``; ``location`` is what is listed or
+    read, canonical, so that the same source given two ways compares equal."""
 
-    A string is a manifest when it names a file ending in .txt, .jsonl, .list or .manifest
-    (on local disk, or in storage), one URI per line or JSON objects with a "uri" field;
-    otherwise it is a storage prefix (a local directory, a path under the storage root, or
-    s3://bucket/prefix) listed page by page. Anything else is taken as an iterable of URIs.
-    """
+    kind: str
+    location: str
+    items: Iterable[str] | None = None  # kind "list" only
+
+    def check(self, storage: Storage) -> None:
+        """Read a list file through once, so that a bad line or bad text is refused before
+        anything is recorded (streamed: memory stays flat whatever its length)."""
+        if self.kind in ("file", "stored-list"):
+            for _ in self.uris(storage):
+                pass
+
+    def uris(self, storage: Storage, *, start_after: str = "", skip: int = 0) -> Iterator[str]:
+        """The URIs, lazily, in a stable order. A folder continues after ``start_after`` (its
+        listing is in key order); a list skips its first ``skip`` entries."""
+        if self.kind == "folder":
+            return storage.list(self.location, start_after=start_after or None)
+        if self.kind == "list":
+            assert self.items is not None
+            return islice((str(u) for u in self.items), skip, None)
+        lines = (_local_lines(self.location) if self.kind == "file"
+                 else storage.read_lines(self.location))
+        return islice(_manifest_lines(lines, self.location), skip, None)
+
+
+def resolve(source: str | Iterable[str], storage: Storage) -> Source:
+    """``source`` resolved and checked; ConfigError, NotFoundError or AccessDeniedError with
+    the reason and the fix when it cannot be scored."""
     if not isinstance(source, str):
-        yield from (str(u) for u in source)
-        return
-    if source.endswith(MANIFEST_SUFFIXES):
-        yield from manifest(source, storage)
-        return
-    prefix = source
-    backend, key = storage.resolve(source)
-    if backend is storage.local and key and storage.local.path(key).is_dir():
-        prefix = source.rstrip("/") + "/"  # "images" must not also match "images2/..."
-    yield from storage.list(prefix)
+        return Source("list", LIST, source)
+    text = source.strip()
+    if not text:
+        raise ConfigError("no source given: name a folder, s3://bucket/prefix/ or a list file")
+    if text.endswith(MANIFEST_SUFFIXES):
+        if os.path.isfile(text):
+            return Source("file", os.path.abspath(text))
+        if not storage.exists(text):
+            raise NotFoundError(f"{text}: no such list file (here or under the storage root "
+                                f"{storage.local.root})")
+        return Source("stored-list", text)
+    if text.startswith("s3://"):
+        return Source("folder", text if text.endswith("/") else text + "/")
+    backend, key = storage.resolve(text)  # AccessDeniedError outside the root
+    if backend is storage.local:
+        path = storage.local.path(key) if key else storage.local.root
+        if path.is_file():
+            raise ConfigError(
+                f"{text} is a file, not a folder or a list file: to score single images, "
+                f"put their URIs in a list file ({', '.join(MANIFEST_SUFFIXES)})")
+        if not path.is_dir():
+            raise NotFoundError(f"{text}: no such folder under the storage root "
+                                f"{storage.local.root}{_near(path)}")
+    return Source("folder", text.rstrip("/") + "/" if text.rstrip("/") else "")
 
 
-def manifest(source: str, storage: Storage) -> Iterator[str]:
-    """The URIs in a manifest file, on local disk or in storage, lazily where it is local."""
-    if os.path.isfile(source):
-        with open(source, encoding="utf-8") as lines:
-            yield from _manifest_lines(lines, source)
-        return
-    data = storage.read(source)
-    yield from _manifest_lines(data.decode("utf-8").splitlines(), source)
+def _near(path: os.PathLike[str]) -> str:
+    """A hint naming folders beside ``path`` whose names start like its name."""
+    parent, name = os.path.split(os.fspath(path))
+    try:
+        near = sorted(e.name for e in os.scandir(parent) if e.is_dir() and e.name.startswith(name))
+    except OSError:
+        return ""
+    return f" (did you mean {near[0]}/ ?)" if near else ""
+
+
+def _local_lines(path: str) -> Iterator[str]:
+    try:
+        with open(path, encoding="utf-8") as lines:
+            yield from lines
+    except UnicodeDecodeError as exc:
+        raise PermanentError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                             "save the list file as UTF-8") from None
 
 
 def _manifest_lines(lines: Iterable[str], source: str) -> Iterator[str]:
@@ -53,11 +117,14 @@ def _manifest_lines(lines: Iterable[str], source: str) -> Iterator[str]:
             continue
         if line.startswith("{"):
             try:
-                line = str(json.loads(line)["uri"])
+                uri = json.loads(line)["uri"]
             except (ValueError, KeyError, TypeError):
                 raise PermanentError(
                     f"{source}:{number}: a JSON line needs a \"uri\" field: use one URI per "
                     "line or {\"uri\": ...} objects") from None
+            if not isinstance(uri, str) or not uri.strip():
+                raise PermanentError(f"{source}:{number}: \"uri\" is not a non-empty string")
+            line = uri.strip()
         yield line
 
 

@@ -99,16 +99,27 @@ class Storage:
         backend, key = self.resolve(uri)
         backend.delete(key)
 
-    def list(self, prefix: str) -> Iterator[str]:
-        """URIs under ``prefix``, lazily, in the prefix's own style."""
-        for info in self.list_info(prefix):
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """URIs under ``prefix``, lazily, in key order and in the prefix's own style; only
+        those after the URI ``start_after`` (given in the same style) when it is set."""
+        for info in self.list_info(prefix, start_after):
             yield info.key
 
-    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_info(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Like :meth:`list`, with sizes and ETags; ``key`` holds the URI."""
         backend, key = self.resolve(prefix)
-        for info in backend.list(key):
+        after = None
+        if start_after:
+            if not start_after.startswith(prefix):
+                raise ValueError(f"start_after {start_after!r} is not under {prefix!r}")
+            after = key + start_after[len(prefix):]
+        for info in backend.list(key, after):
             yield ObjectInfo(prefix + info.key[len(key):], info.size, info.etag)
+
+    def read_lines(self, uri: str) -> Iterator[str]:
+        """The object's text, line by line, streamed; PermanentError if it is not UTF-8."""
+        backend, key = self.resolve(uri)
+        return backend.read_lines(key)
 
 
 def join(prefix: str, *names: str) -> str:

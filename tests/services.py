@@ -40,10 +40,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redis_answers(port: int) -> bool:
-    """Whether a Redis on 127.0.0.1:``port`` answers PING."""
+def redis_answers(port: int, password: str | None = None) -> bool:
+    """Whether a Redis on 127.0.0.1:``port`` answers PING (after AUTH with ``password``)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            if password:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
@@ -58,19 +62,22 @@ class RedisServer:
     lose nothing that was acknowledged. The developer's Redis on 6379 is never touched.
     """
 
-    def __init__(self, workdir: Path | None = None, *, durable: bool = False) -> None:
+    def __init__(self, workdir: Path | None = None, *, durable: bool = False,
+                 password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceUnavailable("redis-server is not installed: install it (apt-get install "
                                      "redis-server) to run what needs Redis")
         self.binary, self.durable, self.port = binary, durable, free_port()
+        self.password = password
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="rstream-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -79,13 +86,15 @@ class RedisServer:
     def start(self) -> RedisServer:
         persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.durable
                        else ["--appendonly", "no"])
+        if self.password:
+            persistence += ["--requirepass", self.password]
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              *persistence, "--dir", str(self.workdir), "--logfile", str(log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        while not redis_answers(self.port):
+        while not redis_answers(self.port, self.password):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 detail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise ServiceUnavailable(f"redis-server did not start on port {self.port} "

@@ -24,12 +24,12 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from shared import modelref
+from shared import modelref, sources
 from shared.errors import ConfigError
 from shared.registry import Registry
 from shared.results import Line, encode
 from shared.settings import Settings
-from shared.sources import chunked, iter_uris, manifest
+from shared.sources import chunked
 from shared.storage import Storage
 from worker.engine import Engine
 
@@ -88,18 +88,18 @@ def run_score(args: argparse.Namespace, settings: Settings) -> Summary:
 def open_source(source: str, settings: Settings) -> tuple[Storage, Iterator[str]]:
     """The storage to read from and the URIs of ``source``, lazily.
 
-    A local folder (anywhere on disk) is scored recursively, with absolute paths as URIs; a
-    file is a list, one URI per line or JSON objects with a ``"uri"`` field; anything else is a
-    storage prefix: ``s3://bucket/prefix``, or a path under ``RSTREAM_STORAGE_ROOT``.
+    A local folder anywhere on disk is scored recursively, with absolute paths as URIs (this
+    process reads it directly); anything else is what ``rstream submit`` takes: a list file,
+    ``s3://bucket/prefix`` or a folder under ``RSTREAM_STORAGE_ROOT``.
     """
     if os.path.isdir(source):
         folder = os.path.realpath(source)
-        storage = Storage(dataclasses.replace(settings, storage_root=folder))
+        # Only read from here: the output locations are neutral ones inside the folder.
+        storage = Storage(dataclasses.replace(settings, storage_root=folder, results="results",
+                                              models="models", train_data="train"))
         return storage, storage.list(folder.rstrip("/") + "/")
     storage = Storage(settings)
-    if os.path.isfile(source):
-        return storage, manifest(source, storage)
-    return storage, iter_uris(source, storage)
+    return storage, sources.resolve(source, storage).uris(storage)
 
 
 def score_stream(engine: Engine, uris: Iterable[str], ref: str, out: IO[bytes],

@@ -22,6 +22,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker import metrics
 from worker.chunks import REDIS_ERRORS, ChunkContext, Outcome, handle
+from worker.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,20 @@ def register(app: Celery, settings: Settings) -> ProcessState:
 
         return train_once(settings, self.request.id or "manual", **options)
 
+    heartbeat: list[Heartbeat] = []
+
     @worker_ready.connect(weak=False)
-    def _serve_metrics(**_: Any) -> None:
+    def _ready(sender: Any = None, **_: Any) -> None:
         metrics.serve(settings.metrics_port)
+        queues = [queue.name for queue in getattr(sender.task_consumer, "queues", ())]
+        heartbeat.append(Heartbeat(state.jobs.redis, sender.hostname, queues,
+                                   concurrency=getattr(sender.pool, "limit", None),
+                                   device=settings.device).start())
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
+        for beat in heartbeat:
+            beat.stop()
         state.close()
 
     return state

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.finetune_config import TrainConfig
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -21,7 +22,6 @@ from tests.conftest import make_settings
 from tests.digits import digit_pngs, render_digits
 from worker.finetune import dataset
 from worker.finetune.evaluation import evaluate
-from worker.finetune.loop import TrainConfig
 from worker.finetune.run import run_finetune
 from worker.models import load_model
 from worker.preprocess import Preprocessing

@@ -9,8 +9,9 @@ from pathlib import Path
 from producer import monitor
 from producer.submit import Client, submit
 from shared.registry import Registry
+from shared.results import part_uris
 from shared.settings import Settings
-from shared.storage import Storage, join
+from shared.storage import Storage
 from tests.integration.test_pipeline import pipeline_settings
 from tests.services import WorkerProcess
 from worker.samples import write_samples
@@ -47,8 +48,7 @@ def test_worker_serves_a_new_promotion_without_restart_and_never_mixes_a_chunk(
     try:
         second = publish(settings, seed=2)
         job = submit("photos/", model="hot", client=client)
-        parts = join(settings.results, job) + "/"
-        while not any(True for _ in client.storage.list(parts)):
+        while not part_uris(client.storage, settings.results, job):
             time.sleep(0.02)
         registry.promote("hot", second)
         monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=240)

@@ -26,10 +26,11 @@ from producer.cli import main as cli_main
 from producer.submit import Client, retry, submit
 from shared.celery_app import queued
 from shared.constants import INFER_QUEUE, INFER_TASK
-from shared.errors import NotFoundError
+from shared.errors import NotFoundError, PermanentError
 from shared.jobs import CANCELLED, DONE
 from shared.manifest import manifest_uri
 from shared.registry import Registry
+from shared.results import part_uri, part_uris
 from shared.settings import Settings
 from shared.storage import Storage, join
 from tests.conftest import make_settings
@@ -267,7 +268,7 @@ def test_cancel_skips_queued_chunks(redis_server: str, tmp_path: Path) -> None:
         time.sleep(1.0)
     finally:
         worker.stop()
-    assert not list(client.storage.list(join(settings.results, job) + "/"))
+    assert not part_uris(client.storage, settings.results, job), "no chunk was scored"
     assert "job cancelled" in worker.log()
     assert client.jobs.get(job).processed == 0
 
@@ -298,18 +299,33 @@ def test_submit_refuses_a_model_that_does_not_exist(env: tuple[Settings, str]) -
 
 def test_a_part_that_cannot_be_written_stalls_the_job_visibly(env: tuple[Settings, str]) -> None:
     settings, model = env
+    client = Client(settings)
+    job = f"stall-{uuid.uuid4().hex[:6]}"
+    # A folder where the part file goes: every write of it is refused, for good.
+    (Path(settings.storage_root) / part_uri(settings.results, job, 0)).mkdir(parents=True)
+    prefix = f"{job}/"
+    for name, blob in good_images(4, seed=1):
+        client.storage.write(prefix + name, blob)
+    submit(prefix, job=job, model=model, client=client)
+    final = monitor.wait(client.jobs, client.storage, job, show_progress=False,
+                         timeout_s=WAIT_S)
+    assert final.stalled and final.stalled_chunks == 1
+    assert "is a directory" in final.last_error
+
+
+def test_an_output_location_that_cannot_be_written_is_refused_at_submit(
+        env: tuple[Settings, str]) -> None:
+    settings, model = env
     blocker = f"blocker-{uuid.uuid4().hex[:6]}"
     Client(settings).storage.write(blocker, b"a file where a directory should be")
     client = Client(Settings.from_env({}, **{**vars_of(settings),
                                             "results": f"{blocker}/results"}))
-    prefix = f"stall-{uuid.uuid4().hex[:6]}/"
-    for name, blob in good_images(4, seed=1):
+    prefix = f"refused-{uuid.uuid4().hex[:6]}/"
+    for name, blob in good_images(2, seed=1):
         client.storage.write(prefix + name, blob)
-    job = submit(prefix, model=model, client=client)
-    final = monitor.wait(client.jobs, client.storage, job, show_progress=False,
-                         timeout_s=WAIT_S)
-    assert final.stalled and final.stalled_chunks == 1
-    assert "Not a directory" in final.last_error
+    with pytest.raises(PermanentError, match="Not a directory"):
+        submit(prefix, job=prefix.strip("/"), model=model, client=client)
+    assert not client.jobs.exists(prefix.strip("/")), "no job was left behind"
 
 
 def scrape(port: int) -> dict[str, float]:

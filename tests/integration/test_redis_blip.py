@@ -15,6 +15,7 @@ import pytest
 
 from producer import monitor
 from producer.submit import Client, resume, submit
+from shared.results import part_uris
 from shared.storage import join
 from tests.conftest import service_unavailable
 from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
@@ -44,8 +45,7 @@ def test_redis_killed_and_restarted_mid_job_loses_no_image(
     worker.wait_ready()
     try:
         job = submit("photos/", model="random:resnet18:classes=10", client=client)
-        parts = join(settings.results, job) + "/"
-        while not any(True for _ in client.storage.list(parts)):
+        while not part_uris(client.storage, settings.results, job):
             time.sleep(0.02)
         durable_redis.kill()
         time.sleep(2.0)  # chunks in flight try to record themselves while Redis is gone

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +42,39 @@ def test_lost_chunk_messages_are_noticed_and_resent_once(client: Client, tmp_pat
     reason = monitor.stuck_reason(client.jobs, job, idle_after_s=60)
     assert reason is not None and f"rstream resume {job}" in reason and "3 chunk(s)" in reason
 
-    assert resume(job, client=client) == 3
+    assert resume(job, client=client).chunks == 3
     assert queued(client.jobs.redis, INFER_QUEUE) == 3
     record = client.jobs.get(job)
     assert (record.images, record.chunks, record.outstanding) == (5, 3, 3), "counted once"
     assert monitor.stuck_reason(client.jobs, job, idle_after_s=60) is None
 
 
-def test_a_job_submitted_as_a_list_cannot_be_resumed(client: Client) -> None:
-    job = submit(["images/a.jpg"], model="random:resnet18", client=client)
+def test_a_job_submitted_as_a_list_resumes_from_its_input_record(client: Client) -> None:
+    uris = [f"images/{i}.jpg" for i in range(5)]
+    job = submit(uris, model="random:resnet18", client=client)
+    client.jobs.redis.delete(INFER_QUEUE)
+    assert resume(job, client=client).chunks == 3
+    sent = [json.loads(base64.b64decode(json.loads(raw)["body"]))[1]["message"]["uris"]
+            for raw in reversed(client.jobs.redis.lrange(INFER_QUEUE, 0, -1))]
+    assert sent == [uris[0:2], uris[2:4], uris[4:5]], "the same chunks, from the record"
+
+
+def test_a_list_whose_submission_stopped_continues_only_with_the_list(client: Client) -> None:
+    uris = [f"images/{i}.jpg" for i in range(5)]
+
+    def breaks_after_three() -> Iterator[str]:
+        yield from uris[:3]
+        raise RuntimeError("the caller's generator failed")
+
+    job = f"half-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(RuntimeError):
+        submit(breaks_after_three(), job=job, model="random:resnet18", client=client)
+    record = client.jobs.get(job)
+    assert record.submitting and "the caller's generator failed" in record.submit_error
+    assert record.listed_images == 2, "the first chunk was recorded and sent"
     with pytest.raises(ConfigError, match="same list and job id"):
         resume(job, client=client)
+    submit(uris, job=job, model="random:resnet18", client=client)
+    record = client.jobs.get(job)
+    assert (record.images, record.chunks, record.listing_done, record.submitting) == (
+        5, 3, True, False)

@@ -11,6 +11,7 @@ from producer import monitor
 from producer.submit import Client, submit
 from shared.celery_app import make_app
 from shared.constants import INFER_TASK
+from shared.results import part_uris
 from shared.settings import Settings
 from shared.storage import join
 from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
@@ -40,9 +41,8 @@ def start_job(redis_server: str, tmp_path: Path, db: int, seed: int) -> Running:
     uris = write_samples(client.storage, "photos/", 120, seed=seed)
     first = WorkerProcess(settings, tmp_path / "first.log", "first").wait_ready()
     job = submit("photos/", model="random:resnet18:classes=10", client=client)
-    parts = join(settings.results, job) + "/"
     deadline = time.monotonic() + 120
-    while not any(True for _ in client.storage.list(parts)):
+    while not part_uris(client.storage, settings.results, job):
         assert time.monotonic() < deadline, first.log()[-3000:]
         time.sleep(0.05)
     return Running(settings, client, uris, job, first)

@@ -17,13 +17,14 @@ import torch
 from PIL import Image
 
 from shared.errors import ConfigError, NotFoundError, PreconditionFailed
+from shared.finetune_config import TrainConfig
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.images import photo
 from worker.finetune import dataset
-from worker.finetune.loop import TrainConfig, make_optimizer, prepare
+from worker.finetune.loop import make_optimizer, prepare
 from worker.finetune.run import run_finetune
 from worker.models import load_model, load_version, save_model
 from worker.preprocess import Preprocessing

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -18,51 +17,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from shared.errors import ConfigError, ImageError
+from shared.finetune_config import TrainConfig
 from worker.finetune.evaluation import autocast, batches, evaluate, training_dtype
 from worker.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 
-MODES = ("feature-extract", "finetune")
-
 Progress = Callable[[int, int, float], None]  # (epoch, optimizer step, loss)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one fine-tuning run; recorded in the published meta."""
-
-    mode: str = "finetune"
-    epochs: int = 10
-    batch_size: int = 32
-    accumulation: int = 1  # micro-batches per optimizer step
-    lr_fc: float = 1e-2
-    lr_layer4: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 5.0
-    patience: int = 3  # epochs without a better validation loss before stopping; 0: never
-    val_percent: int = 10
-    seed: int = 0
-    resize: int | None = None  # None: the start model's preprocessing
-    crop: int | None = None
-    device: str = "auto"
-    precision: str = "auto"  # auto: fp16 autocast on CUDA; always fp32 on the CPU
-    workers: int = 0  # DataLoader worker processes that fetch and decode
-    unfreeze: tuple[str, ...] = ()  # finetune mode: more blocks (e.g. layer3) at lr_layer4
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"training mode {self.mode!r} is unknown: use {' or '.join(MODES)}")
-        if self.unfreeze and self.mode != "finetune":
-            raise ConfigError("unfreeze only applies to mode finetune: drop it or change the mode")
-        if min(self.epochs, self.batch_size, self.accumulation) < 1:
-            raise ConfigError("epochs, batch_size and accumulation must be at least 1")
-        if not 0 < self.val_percent < 100:
-            raise ConfigError(f"val_percent={self.val_percent} must lie between 1 and 99")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ConfigError(f"precision {self.precision!r} is unknown: use auto, fp32, fp16 "
-                              "or bf16")
 
 
 def prepare(module: nn.Module, num_classes: int, new_fc: bool,

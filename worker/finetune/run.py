@@ -19,13 +19,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from shared.errors import ModelError, PreconditionFailed
+from shared.finetune_config import TrainConfig
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from worker.device import resolve_device
 from worker.finetune import dataset
 from worker.finetune.evaluation import evaluate, training_dtype
-from worker.finetune.loop import Progress, TrainConfig, make_optimizer, prepare, train
+from worker.finetune.loop import Progress, make_optimizer, prepare, train
 from worker.models import LoadedModel, load_model, load_version, save_model
 from worker.preprocess import Preprocessing
 

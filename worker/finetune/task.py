@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import redis
 
-from shared.errors import ConfigError
+from shared.finetune_config import TrainConfig, check_overrides
 from shared.finetune_runs import TrainingLock, TrainRuns
 from shared.registry import Registry
 from shared.settings import Settings
@@ -25,9 +24,12 @@ logger = logging.getLogger(__name__)
 
 def train_once(settings: Settings, run_id: str, *, name: str | None = None,
                mode: str | None = None, epochs: int | None = None, start: str | None = None,
-               force: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune ``name`` unless another run holds its lock; returns the run's outcome."""
-    from worker.finetune.loop import TrainConfig
+               force: bool = False, overrides: dict[str, Any] | None = None,
+               data: str | None = None) -> dict[str, Any]:
+    """Fine-tune ``name`` unless another run holds its lock; returns the run's outcome.
+
+    ``data`` replaces RSTREAM_TRAIN_DATA for this run (``rstream train --data``).
+    """
     from worker.finetune.run import run_finetune  # torch: only in the trainer
 
     name = name or settings.train_model
@@ -42,10 +44,12 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
         logger.info("%s", outcome["reason"])
         return outcome
     try:
+        if data:
+            settings = dataclasses.replace(settings, train_data=data)
         config = TrainConfig(mode=mode or settings.train_mode,
                              epochs=epochs or settings.train_epochs,
                              device=settings.device, precision=settings.precision,
-                             **_checked(overrides or {}, dataclasses.fields(TrainConfig)))
+                             **check_overrides(overrides or {}))
         runs.update(run_id, status="training", name=name, config=dataclasses.asdict(config))
 
         def progress(epoch: int, step: int, loss: float) -> None:
@@ -67,15 +71,3 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
         lock.release()
     runs.update(run_id, **outcome)
     return outcome
-
-
-def _checked(overrides: dict[str, Any], fields: Iterable[dataclasses.Field[Any]]
-             ) -> dict[str, Any]:
-    """``overrides`` when each names a training option that no setting already gives."""
-    given = {"mode", "epochs", "device", "precision"}  # settings and their own flags
-    known = sorted(f.name for f in fields if f.name not in given)
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ConfigError(f"training option {unknown[0]!r} is unknown here: use one of "
-                          f"{', '.join(known)} (mode and epochs have their own flags)")
-    return overrides

@@ -1,0 +1,97 @@
+"""A job's input record: the URIs of each of its chunks, as first listed, kept in storage.
+
+    {results}/{job}/inputs/00000000.jsonl    {"chunk": 0, "uris": [...]} per line
+    {results}/{job}/inputs/00000001.jsonl    chunks 1..2
+    {results}/{job}/inputs/00000003.jsonl    chunks 3..6, ...
+
+Submission writes a segment of chunks, then records in the job (``listed_chunks``) that it
+is there, then sends those chunks. Resubmitting a job, ``rstream resume``, the workers'
+sweeper and a job that fails fast all work from this record, never from a new listing, so a
+chunk always holds the same URIs. Segments grow from 1 chunk to :data:`SEGMENT_CHUNKS`
+(the first chunk is sent at once; a million URIs are about 70 objects, not one per chunk).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterator
+
+from shared.errors import NotFoundError, PermanentError
+from shared.results import job_prefix
+from shared.storage import Storage, join
+
+INPUTS_DIR = "inputs"
+SEGMENT_CHUNKS = 256
+
+
+def segment_size(first_chunk: int) -> int:
+    """Chunks in the segment that starts at ``first_chunk``: 1, 1, 2, 4, ... up to 256."""
+    return min(SEGMENT_CHUNKS, max(1, first_chunk))
+
+
+class InputRecord:
+    """The input record of one job, in storage."""
+
+    def __init__(self, storage: Storage, results: str, job: str) -> None:
+        self.storage = storage
+        self.prefix = join(job_prefix(results, job), INPUTS_DIR)
+
+    def segment_uri(self, first_chunk: int) -> str:
+        return join(self.prefix, f"{first_chunk:08d}.jsonl")
+
+    def write_segment(self, first_chunk: int, chunks: list[list[str]]) -> None:
+        """Record ``chunks``, numbered from ``first_chunk``, as one segment (one write)."""
+        lines = (json.dumps({"chunk": first_chunk + i, "uris": uris}, ensure_ascii=False)
+                 for i, uris in enumerate(chunks))
+        self.storage.write(self.segment_uri(first_chunk), ("\n".join(lines) + "\n").encode())
+
+    def segments(self) -> list[int]:
+        """The first chunk of each recorded segment, in order."""
+        firsts = []
+        for uri in self.storage.list(self.prefix + "/"):
+            name = uri.rsplit("/", 1)[-1]
+            if name.endswith(".jsonl") and name[:-len(".jsonl")].isdigit():
+                firsts.append(int(name[:-len(".jsonl")]))
+        return sorted(firsts)
+
+    def chunks(self, below: int | None = None) -> Iterator[tuple[int, list[str]]]:
+        """(chunk, URIs) in chunk order, one segment in memory at a time; only chunks below
+        ``below`` when it is given (what the job record says was recorded)."""
+        for first in self.segments():
+            if below is not None and first >= below:
+                return
+            for chunk, uris in self._read(first):
+                if below is None or chunk < below:
+                    yield chunk, uris
+
+    def chunks_of(self, first: int) -> list[tuple[int, list[str]]]:
+        """(chunk, URIs) of the segment that starts at ``first``."""
+        return self._read(first)
+
+    def chunk(self, number: int) -> list[str]:
+        """The URIs of one chunk; NotFoundError when no segment holds it."""
+        firsts = self.segments()
+        index = bisect.bisect_right(firsts, number) - 1
+        if index >= 0:
+            for chunk, uris in self._read(firsts[index]):
+                if chunk == number:
+                    return uris
+        raise NotFoundError(f"chunk {number} is not in the input record {self.prefix}/")
+
+    def delete(self) -> None:
+        """Remove every segment (a submission refused before anything was sent)."""
+        for first in self.segments():
+            self.storage.delete(self.segment_uri(first))
+
+    def _read(self, first: int) -> list[tuple[int, list[str]]]:
+        uri = self.segment_uri(first)
+        found = []
+        for number, raw in enumerate(self.storage.read(uri).splitlines(), 1):
+            try:
+                line = json.loads(raw)
+                found.append((int(line["chunk"]), [str(u) for u in line["uris"]]))
+            except (ValueError, KeyError, TypeError):
+                raise PermanentError(f"{uri} line {number} is corrupt: the job's input "
+                                     "record cannot be read") from None
+        return found
