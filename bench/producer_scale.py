@@ -15,8 +15,9 @@ A manifest of ``--count`` URIs is written to a temp file, then submitted twice t
   workers. The producer then sends only as fast as the queue drains, the queue stays at the
   limit, and Redis memory stays flat.
 
-The producer is the real one (``producer.submit`` with its job record, one message per chunk);
-only the consumer is played.
+The producer is the real one (``producer.submit``: the list file read through once to check
+it, every chunk's URIs written to the job's input record on local storage, the job record,
+one message per chunk); only the consumer is played.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from typing import Any
 import redis
 
 from bench.services import machine, memory_kib, redis_server, reset_peak_memory
-from producer.submit import Client, submit
+from producer.submit import Client, Sent, submit
 from shared.celery_app import queue_keys
 from shared.constants import INFER_QUEUE
+from shared.inputs import InputRecord
 from shared.settings import Settings
 
 MODEL = "random:resnet18"  # not loaded: the producer only checks registry names
@@ -65,7 +67,8 @@ class Recorder:
         self.pending = checkpoints(count)
         self.start = time.perf_counter()
 
-    def __call__(self, _chunks: int, images: int) -> None:
+    def __call__(self, sent: Sent) -> None:
+        images = sent.images
         if self.pending and images >= self.pending[0]:
             self.pending.pop(0)
             seconds = time.perf_counter() - self.start
@@ -111,11 +114,13 @@ def run_unlimited(client: Client, manifest: Path, count: int) -> dict[str, Any]:
     submit(str(manifest), job="scale-unlimited", model=MODEL, client=client, max_pending=0,
            progress=recorder)
     seconds = time.perf_counter() - recorder.start
+    record = InputRecord(client.storage, client.settings.results, "scale-unlimited")
     queued = sum(int(r.llen(k)) for k in queue_keys(INFER_QUEUE))
     grown = used_memory(r) - before
     sample = r.lindex(INFER_QUEUE, -1) or b""  # the first chunk sent: a full one
     return {"uris": count, "seconds": round(seconds, 2), "uris_per_s": round(count / seconds),
             "chunks_queued": queued, "redis_used_memory_mib": round(grown / 2**20, 1),
+            "input_record_objects": len(record.segments()),
             "redis_bytes_per_uri": round(grown / count, 1),
             "message_bytes_per_uri": round(len(sample) / min(count, client.settings.chunk_size),
                                            1),
