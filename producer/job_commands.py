@@ -14,7 +14,7 @@ from producer.submit import Client, Sent, resume, retry, submit_counted
 from shared import deadletters, workers
 from shared.constants import INFER_QUEUE
 from shared.errors import RstreamError
-from shared.jobs import DONE, RUNNING, Job, check_job_id, new_job_id
+from shared.jobs import DONE, FAILED, RUNNING, Job, check_job_id, new_job_id
 from shared.results import job_prefix
 from shared.settings import Settings
 
@@ -47,7 +47,14 @@ def submit_command(args: argparse.Namespace, settings: Settings) -> int:
     for note in sent.notes:
         print(note, file=sys.stderr)
     print(f"job {job}: sent {sent.chunks} chunk(s), {sent.images} images", file=sys.stderr)
-    return _wait(client, job, args.strict) if args.wait else 0
+    if args.wait:
+        return _wait(client, job, args.strict)
+    record = client.jobs.get(job)
+    if sent.stopped or record.status == FAILED:
+        print(f"rstream: {sent.stopped or f'job {job} failed as a whole: {record.last_error}'}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _bar(desc: str) -> tqdm:
@@ -60,6 +67,8 @@ def _continue_hint(client: Client, job: str) -> str:
     if not client.jobs.exists(job):
         return f"nothing was recorded for job {job}"
     record = client.jobs.get(job)
+    if record.status != RUNNING:
+        return f"job {job} is {record.status}: see `rstream status {job}`"
     return (f"job {job} keeps its {record.listed_images} recorded images; run the same "
             f"command again, or `rstream resume {job}`, to continue")
 
@@ -90,6 +99,9 @@ def _explain(client: Client, job: Job, settings: Settings) -> list[str]:
                      f"`rstream resume {job.id}`, to continue")
     elif job.submitting:
         lines.append(f"still submitting: {job.listed_images} images recorded so far")
+    if job.status == FAILED:
+        lines.append(f"failed as a whole: {job.last_error}. Every image gets an error line; "
+                     f"fix the cause, then `rstream retry {job.id}`")
     if job.status == RUNNING:
         absent = workers.absence(client.jobs.redis, INFER_QUEUE)
         if absent:
@@ -112,6 +124,8 @@ def wait_command(args: argparse.Namespace, settings: Settings) -> int:
 def _wait(client: Client, job: str, strict: bool) -> int:
     final = monitor.wait(client.jobs, client.storage, job, show_progress=True)
     print(f"job {job}: {final.status}, {final.ok} ok, {final.failed} failed", file=sys.stderr)
+    if final.status == FAILED:
+        print(f"job {job}: failed as a whole: {final.last_error}", file=sys.stderr)
     if final.stalled:
         print(f"job {job}: {final.stalled_chunks} chunk(s) could not write their part "
               f"({final.last_error}); see `rstream status {job}`", file=sys.stderr)

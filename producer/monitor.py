@@ -57,8 +57,9 @@ def stuck_reason(store: JobStore, job_id: str, idle_after_s: float) -> str | Non
     if job.outstanding <= 0 or waiting or idle < idle_after_s:
         return None
     return (f"job {job_id}: no chunk finished for {idle:.0f} s, {job.outstanding} "
-            "chunk(s) outstanding and none queued: check that a worker runs (rstream worker), "
-            f"then send the missing chunks again with `rstream resume {job_id}`")
+            "chunk(s) outstanding and none queued: the workers' sweeper sends lost chunks "
+            "again after RSTREAM_VISIBILITY_TIMEOUT and a margin; to send them now, run "
+            f"`rstream resume {job_id}`")
 
 
 def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool = True,

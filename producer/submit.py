@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from shared import modelref, sources
-from shared.celery_app import make_app, queued
+from shared.celery_app import make_app, queued, send_chunk
 from shared.connections import check_redis
-from shared.constants import INFER_QUEUE, INFER_TASK
+from shared.constants import INFER_QUEUE
 from shared.errors import ConfigError
 from shared.inputs import InputRecord, segment_size
-from shared.jobs import RUNNING, Job, JobStore, check_job_id, new_job_id
+from shared.jobs import CANCELLED, Job, JobStore, check_job_id, new_job_id
 from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
 from shared.registry import Registry
@@ -48,6 +48,7 @@ class Sent:
     images: int = 0
     resumed: bool = False  # the job existed: chunks came from its record first
     notes: list[str] = field(default_factory=list)
+    stopped: str = ""  # why sending stopped early: the job was cancelled meanwhile
 
 
 Progress = Callable[[Sent], None]
@@ -79,8 +80,7 @@ class Client:
             delay = min(delay * 2, 1.0)
 
     def send(self, message: ChunkMessage) -> None:
-        self.app.send_task(INFER_TASK, kwargs={"message": message.to_dict()},
-                           queue=INFER_QUEUE, task_id=message.task_id)
+        send_chunk(self.app, message)
 
 
 def submit(source: str | Iterable[str] | Source, job: str | None = None,
@@ -159,6 +159,8 @@ class _Submission:
                     f"job {self.job} continued from its input record ({record.listed_images} "
                     f"images, as first listed); files added to {self.source.location} since "
                     "are not part of it: submit them as a new job")
+        except _Ended as ended:
+            self.sent.stopped = str(ended)
         except BaseException as exc:
             self._stopped(created, exc)
             raise
@@ -235,9 +237,12 @@ class _Submission:
         return images
 
     def _check_still_running(self) -> None:
-        status = self.jobs.get(self.job).status
-        if status != RUNNING:
-            raise ConfigError(f"job {self.job} is {status}: submission stopped")
+        # A job that failed as a whole goes on: its images still get their (error) lines,
+        # which workers write without loading anything. A cancelled one stops here.
+        job = self.jobs.get(self.job)
+        if job.status == CANCELLED:
+            raise _Ended(f"job {self.job} was cancelled while it was being submitted: "
+                         f"{job.images} images were sent, the rest was not")
 
     def _send(self, chunk: int, uris: list[str]) -> None:
         self.client.wait_for_room(self.limit)
@@ -247,6 +252,10 @@ class _Submission:
         self.sent.images += len(uris)
         if self.progress:
             self.progress(self.sent)
+
+
+class _Ended(Exception):
+    """The job was cancelled while it was being submitted."""
 
 
 def _chain(first: str, rest: Iterable[str]) -> Iterable[str]:

@@ -10,6 +10,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK, TRAIN_QUEUE
+from shared.messages import ChunkMessage
 from shared.settings import Settings
 
 
@@ -57,6 +58,13 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
         timezone="UTC",
     )
     return app
+
+
+def send_chunk(app: Celery, message: ChunkMessage) -> None:
+    """Send one chunk task; its id comes from (job, chunk, generation), so a chunk sent again
+    is the same task."""
+    app.send_task(INFER_TASK, kwargs={"message": message.to_dict()}, queue=INFER_QUEUE,
+                  task_id=message.task_id)
 
 
 def unacked_mutex_expire(settings: Settings) -> int:

@@ -52,3 +52,8 @@ class InvalidMessage(PermanentError):
 
 class ObjectTooLarge(PermanentError):
     """Raised when an object is larger than RSTREAM_MAX_OBJECT_BYTES; refused before it is read."""
+
+
+class JobFailed(PermanentError):
+    """Raised for the images of a job that failed as a whole (its model cannot be loaded);
+    the message is the job's reason."""

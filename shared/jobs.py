@@ -42,11 +42,17 @@ from shared.errors import ConfigError, InvalidMessage, NotFoundError, PermanentE
 
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
-RUNNING, DONE, CANCELLED = "running", "done", "cancelled"
+RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
 RETRY_CAP_S = 2.0  # longest pause between two tries of a Redis call during an outage
 
+# The sent hash keeps when each chunk was last sent, in Redis's own clock (the sweeper
+# compares against the same clock, whatever the producers' clocks say).
 _MARK_SENT = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
+local now = redis.call('TIME')[1]
+if redis.call('HSETNX', KEYS[2], ARGV[1], now) == 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], now)
+  return 0
+end
 redis.call('HINCRBY', KEYS[1], 'outstanding', 1)
 if ARGV[3] == '0' then
   redis.call('HINCRBY', KEYS[1], 'chunks', 1)
@@ -57,18 +63,28 @@ return 1
 """
 
 # The one "job is done" rule: nothing outstanding, the producer has finished sending, and the
-# job is still running (not cancelled, not done already). The script that makes it true marks
-# the job done and returns 1, so exactly one caller writes the manifest.
+# job is running, or failed as a whole and not finished yet (every image still gets its line).
+# The script that makes it true marks the job done (a failed job stays failed), sets
+# finished_at and returns 1, so exactly one caller writes the manifest.
 _FINISH_IF_DONE = """
 local function finish_if_done(key, now)
+  local status = redis.call('HGET', key, 'status')
   if tonumber(redis.call('HGET', key, 'outstanding')) <= 0
      and redis.call('HGET', key, 'submitting') == '0'
-     and redis.call('HGET', key, 'status') == 'running' then
-    redis.call('HSET', key, 'status', 'done', 'finished_at', now)
+     and (status == 'running'
+          or (status == 'failed' and redis.call('HEXISTS', key, 'finished_at') == 0)) then
+    if status == 'running' then redis.call('HSET', key, 'status', 'done') end
+    redis.call('HSET', key, 'finished_at', now)
     return 1
   end
   return 0
 end
+"""
+
+_FAIL = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'last_error', ARGV[1], 'updated_at', ARGV[2])
+return 1
 """
 
 _CREATE = """
@@ -194,7 +210,8 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.status in (DONE, CANCELLED) or self.stalled
+        """Nothing more will happen without a person: done, cancelled, failed, or stalled."""
+        return self.status in (DONE, CANCELLED, FAILED) or self.stalled
 
 
 class JobStore:
@@ -208,6 +225,7 @@ class JobStore:
         self._complete = client.register_script(_COMPLETE)
         self._end_submit = client.register_script(_END_SUBMIT)
         self._record_failure = client.register_script(_RECORD_FAILURE)
+        self._fail = client.register_script(_FAIL)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, ride_out_s: float = 30.0) -> JobStore:
@@ -282,7 +300,8 @@ class JobStore:
         return Job.from_hash(job, raw)
 
     def mark_sent(self, job: str, chunk: int, generation: int, images: int) -> bool:
-        """Count a chunk as sent; False when it was counted before (resume or duplicate)."""
+        """Count a chunk as sent and note when; False when it was counted before (a resume,
+        a duplicate, the sweeper): then only the time is renewed."""
         keys = self._keys(job)[:2]
         return bool(self._mark_sent(keys, [f"{chunk}:{generation}", images, generation, self.ttl]))
 
@@ -326,6 +345,11 @@ class JobStore:
         """The producer has sent every chunk; True when that finished the job (all done)."""
         return bool(self._end_submit([JOB_KEY.format(job=job)], [time.time()]))
 
+    def fail(self, job: str, reason: str) -> bool:
+        """Fail a running job as a whole (its model cannot be loaded): ``status`` and ``wait``
+        say why at once; True for the one caller that failed it."""
+        return bool(self._fail([JOB_KEY.format(job=job)], [reason[:1000], time.time()]))
+
     def cancel(self, job: str) -> Job:
         current = self.get(job)
         if current.status == RUNNING:
@@ -344,6 +368,25 @@ class JobStore:
                                       "updated_at": time.time()})
         self.redis.hdel(key, "finished_at")
         return generation
+
+    def unfinished(self, job: str, sent_before: float) -> list[tuple[int, int]]:
+        """(chunk, generation) of the chunks last sent before ``sent_before`` (Redis time)
+        that are neither done nor stalled (a stalled chunk waits for `rstream resume`)."""
+        keys = [k.format(job=job) for k in (JOB_SENT_KEY, JOB_DONE_KEY, JOB_ERRORS_KEY)]
+        sent = self.redis.hgetall(keys[0])
+        if not sent:
+            return []
+        settled = set(self.redis.hkeys(keys[1])) | set(self.redis.hkeys(keys[2]))
+        found = []
+        for field, when in sent.items():
+            if field not in settled and float(when) < sent_before:
+                chunk, _, generation = field.decode().partition(":")
+                found.append((int(chunk), int(generation)))
+        return sorted(found)
+
+    def running_jobs(self, limit: int = 1000) -> list[Job]:
+        """The newest ``limit`` jobs that are running."""
+        return [job for job in self.recent(limit) if job.status == RUNNING]
 
     def chunk_counts(self, job: str) -> Iterator[tuple[int, dict[str, Any]]]:
         """Each chunk's latest counts, in no particular order."""

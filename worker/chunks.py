@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,8 +27,15 @@ from typing import Any, Protocol
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.errors import InvalidMessage, PermanentError, RstreamError, TransientError
-from shared.jobs import CANCELLED, Job, JobStore
+from shared.errors import (
+    InvalidMessage,
+    JobFailed,
+    PermanentError,
+    RstreamError,
+    TransientError,
+)
+from shared.inputs import InputRecord
+from shared.jobs import CANCELLED, FAILED, Job, JobStore
 from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
 from shared.results import (
@@ -131,7 +139,18 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
         return {"chunk": message.chunk, "skipped": "job cancelled"}
     if ctx.jobs.is_done(message.job, message.chunk, message.generation):
         return {"chunk": message.chunk, "skipped": "already done"}  # a redelivered duplicate
-    lines = _score(message, ctx) if give_up is None else _error_lines(message, give_up)
+    if job.status == FAILED:  # its model cannot be loaded: no need to try again here
+        lines = _error_lines(message, JobFailed(job.last_error))
+    elif give_up is not None:
+        lines = _error_lines(message, give_up)
+    else:
+        lines = _score(message, ctx)
+    return write_part(message, ctx, lines)
+
+
+def write_part(message: ChunkMessage, ctx: ChunkContext, lines: list[Line]) -> dict[str, Any]:
+    """Write the chunk's part (a retry replaces its URIs' lines), record it, and write the
+    manifest if that finished the job."""
     assert len(lines) == len(message.uris), "one result line per URI"
     uri = part_uri(message.results, message.job, message.chunk)
     if message.generation > 0:
@@ -140,7 +159,7 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
     counts = count_lines(lines)
     if ctx.jobs.complete(message.job, message.chunk, message.generation, counts):
         manifest = write_manifest(ctx.storage, ctx.jobs, message.job)
-        logger.info("job %s done: %d ok, %d failed", message.job, manifest["ok"],
+        logger.info("job %s finished: %d ok, %d failed", message.job, manifest["ok"],
                     manifest["failed"])
     return {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"]}
 
@@ -166,8 +185,37 @@ def _score(message: ChunkMessage, ctx: ChunkContext) -> list[Line]:
     try:
         return ctx.engine.score(message.uris, message.model)
     except PermanentError as exc:  # the model cannot be resolved or loaded: no retry helps
-        logger.error("job %s chunk %d: %s", message.job, message.chunk, exc)
-        return _error_lines(message, exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        if ctx.jobs.fail(message.job, reason):
+            logger.error("job %s failed: %s", message.job, reason)
+            threading.Thread(target=finish_failed_job, args=(message, ctx, reason),
+                             name=f"rstream-fail-{message.job}", daemon=True).start()
+        return _error_lines(message, JobFailed(reason))
+
+
+def finish_failed_job(message: ChunkMessage, ctx: ChunkContext, reason: str) -> int:
+    """Give every other sent chunk of a failed job its error lines now, from the input
+    record, so the job ends at once instead of as its messages come up in the queue (they
+    are skipped then: already done). Returns how many chunks it wrote."""
+    written = 0
+    try:
+        job = ctx.jobs.get(message.job)
+        record = InputRecord(ctx.storage, job.results, job.id)
+        for first in record.segments():
+            if first >= job.listed_chunks:
+                break
+            chunks = [(c, u) for c, u in record.chunks_of(first) if c != message.chunk]
+            done = ctx.jobs.done_chunks(job.id, [c for c, _ in chunks], 0)
+            for chunk, uris in chunks:
+                if chunk in done or not ctx.jobs.was_sent(job.id, chunk, 0):
+                    continue
+                failed = ChunkMessage(job.id, chunk, uris, job.model, job.results)
+                write_part(failed, ctx, _error_lines(failed, JobFailed(reason)))
+                written += 1
+    except Exception:  # the queued messages still give these chunks their lines
+        logger.exception("job %s: could not write the failed job's remaining parts now",
+                         message.job)
+    return written
 
 
 def _error_lines(message: ChunkMessage, exc: BaseException) -> list[Line]:

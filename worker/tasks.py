@@ -13,6 +13,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
 from shared import deadletters
+from shared.celery_app import send_chunk
 from shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK
 from shared.errors import InvalidMessage
 from shared.jobs import JobStore
@@ -23,6 +24,7 @@ from shared.storage import Storage
 from worker import metrics
 from worker.chunks import REDIS_ERRORS, ChunkContext, Outcome, handle
 from worker.heartbeat import Heartbeat
+from worker.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -143,20 +145,24 @@ def register(app: Celery, settings: Settings) -> ProcessState:
 
         return train_once(settings, self.request.id or "manual", **options)
 
-    heartbeat: list[Heartbeat] = []
+    background: list[Heartbeat | Sweeper] = []
 
     @worker_ready.connect(weak=False)
     def _ready(sender: Any = None, **_: Any) -> None:
         metrics.serve(settings.metrics_port)
         queues = [queue.name for queue in getattr(sender.task_consumer, "queues", ())]
-        heartbeat.append(Heartbeat(state.jobs.redis, sender.hostname, queues,
-                                   concurrency=getattr(sender.pool, "limit", None),
-                                   device=settings.device).start())
+        background.append(Heartbeat(state.jobs.redis, sender.hostname, queues,
+                                    concurrency=getattr(sender.pool, "limit", None),
+                                    device=settings.device).start())
+        if INFER_QUEUE in queues:
+            background.append(Sweeper(settings, state.jobs, Storage(settings),
+                                      lambda message: send_chunk(app, message),
+                                      sender.hostname).start())
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
-        for beat in heartbeat:
-            beat.stop()
+        for thread in background:
+            thread.stop()
         state.close()
 
     return state

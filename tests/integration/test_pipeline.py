@@ -7,6 +7,9 @@ pipeline under test is the real one.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -273,7 +276,8 @@ def test_cancel_skips_queued_chunks(redis_server: str, tmp_path: Path) -> None:
     assert client.jobs.get(job).processed == 0
 
 
-def test_unloadable_model_gives_every_image_an_error_line(env: tuple[Settings, str]) -> None:
+def test_an_unloadable_model_fails_the_job_fast_and_every_image_gets_its_line(
+        env: tuple[Settings, str]) -> None:
     settings, _ = env
     client = Client(settings)
     broken = save_tiny_model(settings)
@@ -281,14 +285,32 @@ def test_unloadable_model_gives_every_image_an_error_line(env: tuple[Settings, s
     registry = Registry(client.storage, settings.models)
     client.storage.write(registry.weights_uri(name, version), b"\x00" * 64)  # corrupt weights
     prefix = f"unloadable-{uuid.uuid4().hex[:6]}/"
-    uris = [prefix + name for name, _ in good_images(20, seed=2)]
-    for uri, (_, blob) in zip(uris, good_images(20, seed=2), strict=True):
+    images = good_images(80, seed=2)  # five chunks of 16
+    uris = [prefix + name for name, _ in images]
+    for uri, (_, blob) in zip(uris, images, strict=True):
         client.storage.write(uri, blob)
-    job = run_job(client, prefix, broken)
+    job = submit(prefix, model=broken, client=client)
+    final = monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=WAIT_S)
+    assert final.status == "failed" and "weights.safetensors is unreadable" in final.last_error
+    status = cli_run(settings, "status", job)
+    assert "failed as a whole: ModelError" in status.stdout, status.stdout
+    assert cli_run(settings, "wait", job, "--strict").returncode == 1
+    deadline = time.monotonic() + 60  # the remaining parts follow at once, not by the queue
+    while not client.storage.exists(manifest_uri(settings.results, job)):
+        assert time.monotonic() < deadline, "the failed job's manifest was never written"
+        time.sleep(0.1)
     lines = assert_one_line_per_uri(client, job, uris)
-    assert {line["error"]["type"] for line in lines} == {"ModelError"}
-    assert "weights.safetensors" in lines[0]["error"]["message"]
-    assert client.jobs.get(job).failed == 20
+    assert {line["error"]["type"] for line in lines} == {"JobFailed"}
+    assert all("ModelError" in line["error"]["message"] for line in lines)
+    record = client.jobs.get(job)
+    assert (record.status, record.failed, record.ok, record.outstanding) == ("failed", 80, 0, 0)
+
+
+def cli_run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+    env.update(settings.as_env())
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_submit_refuses_a_model_that_does_not_exist(env: tuple[Settings, str]) -> None:

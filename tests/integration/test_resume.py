@@ -16,7 +16,10 @@ from producer.submit import Client, resume, submit
 from shared.celery_app import queued
 from shared.constants import INFER_QUEUE, JOB_KEY
 from shared.errors import ConfigError
-from tests.integration.test_pipeline import pipeline_settings
+from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
+from tests.services import WorkerProcess
+from worker.samples import write_samples
+from worker.sweeper import margin_s
 
 
 @pytest.fixture
@@ -78,3 +81,25 @@ def test_a_list_whose_submission_stopped_continues_only_with_the_list(client: Cl
     record = client.jobs.get(job)
     assert (record.images, record.chunks, record.listing_done, record.submitting) == (
         5, 3, True, False)
+
+
+def test_the_sweeper_sends_lost_chunks_again_without_a_person(redis_server: str,
+                                                             tmp_path: Path) -> None:
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/14", tmp_path / "root",
+                                 chunk_size=4, task_time_limit=10, visibility_timeout=12)
+    client = Client(settings)
+    client.jobs.redis.flushdb()
+    uris = write_samples(client.storage, "photos/", 12, size=(64, 48), seed=5)
+    job = submit("photos/", model="random:resnet18:classes=3", client=client)
+    lost = client.jobs.redis.rpop(INFER_QUEUE)  # the oldest message vanishes, as in a crash
+    assert lost is not None
+    worker = WorkerProcess(settings, tmp_path / "worker.log", "sweeper").wait_ready()
+    try:
+        final = monitor.wait(client.jobs, client.storage, job, show_progress=False,
+                             timeout_s=settings.visibility_timeout + margin_s(settings) + 60)
+    finally:
+        worker.stop()
+    assert final.status == "done" and final.ok == 12
+    assert_one_line_per_uri(client, job, uris)
+    assert worker.log().count("sent again") == 1, "only the lost chunk, once"
+    assert "chunk 0: sent more than" in worker.log()

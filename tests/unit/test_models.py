@@ -11,7 +11,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from shared.errors import ModelError, NotFoundError
+from shared.errors import ModelError, NotFoundError, TransientError
+from shared.localfs import LocalBackend
 from shared.modelref import ARCHS, TORCHVISION_WEIGHTS
 from shared.registry import Registry
 from shared.storage import Storage
@@ -132,3 +133,22 @@ def test_weights_of_the_wrong_shape_or_with_nan_are_refused(registry: Registry) 
 def test_a_name_without_production_says_how_to_promote(registry: Registry) -> None:
     with pytest.raises(NotFoundError, match="rstream models promote"):
         load_model("nothing-here", registry)
+
+
+class ThrottledWeights(LocalBackend):
+    """Reads of weights files fail with TransientError, as S3 throttling surfaces after
+    botocore's retries. A stand-in by necessity: here only the loader's mapping is at stake
+    (tests/integration/test_s3_faults.py injects real faults over HTTP)."""
+
+    def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        if key.endswith("weights.safetensors"):
+            raise TransientError(f"{self.uri(key)}: SlowDown (after retries)")
+        return super().read_versioned(key, max_bytes)
+
+
+def test_a_throttled_weights_read_stays_transient(registry: Registry, tmp_path: Path) -> None:
+    version = save_model(registry, "tiny", load_model("random:resnet18:classes=3").module,
+                         arch="resnet18", classes=["a", "b", "c"], preprocessing=Preprocessing())
+    registry.storage.local = ThrottledWeights(registry.storage.local.root)
+    with pytest.raises(TransientError, match="SlowDown"):  # retried by the chunk, not refused
+        load_version(registry, "tiny", version)
