@@ -5,8 +5,9 @@ COPY pyproject.toml README.md ./
 COPY shared shared
 COPY producer producer
 COPY worker worker
-# The worker extra: torch, torchvision, pillow... (a submit-only image could install '.' alone).
-RUN pip install --no-cache-dir '.[worker]'
+# The worker extra (torch, torchvision, pillow...) and the api extra (FastAPI, uvicorn); a
+# submit-only image could install '.' alone.
+RUN pip install --no-cache-dir '.[worker,api]'
 # Weights for torchvision:* references go here (rstream never downloads them).
 ENV TORCH_HOME=/models-cache
 ENTRYPOINT []

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def publish_model(settings: Settings) -> str:
     loaded = load_model("random:resnet18:classes=10:seed=3")
     version = save_model(registry, "chaos", loaded.module, arch="resnet18",
                          classes=[f"c{i}" for i in range(10)],
-                         preprocessing=Preprocessing(resize=72, crop=64))
+                         preprocessing=Preprocessing())  # 224 px: the job outlasts the kills
     return f"chaos@{version}"
 
 
@@ -159,7 +160,8 @@ def _run(opts: argparse.Namespace, run: int, work: Path, redis: RedisServer,
     started = time.monotonic()
     try:
         job = submit(prefix, model=model, client=client)
-        kills, redis_kills = _chaos(opts, workers, redis)
+        kills, redis_kills = _chaos(opts, workers, redis,
+                                    lambda: not client.jobs.get(job).finished)
         needed_resume = False
         try:
             monitor.wait(client.jobs, client.storage, job, show_progress=False,
@@ -186,15 +188,19 @@ def _run(opts: argparse.Namespace, run: int, work: Path, redis: RedisServer,
                      and value != expected[uri]),
         "manifest_matches_truth": (manifest["images"], manifest["ok"], manifest["failed"]) == (
             len(uris), len(uris) - bad, bad),
-        "needed_resume": needed_resume, "worker_kills": kills, "redis_kills": redis_kills,
+        "needed_resume": needed_resume, "worker_kills": kills[0],
+        "worker_kills_while_the_job_ran": kills[1], "redis_kills": redis_kills[0],
+        "redis_kills_while_the_job_ran": redis_kills[1],
         "worker_starts": workers.starts, "unrecoverable_errors_logged": workers.unrecoverable(),
         "seconds_to_finish": round(seconds, 1),
     }
 
 
-def _chaos(opts: argparse.Namespace, workers: Workers, redis: RedisServer) -> tuple[int, int]:
-    """SIGKILL workers every ``--kill-every`` s and Redis at even spacing among them."""
-    kills = redis_kills = 0
+def _chaos(opts: argparse.Namespace, workers: Workers, redis: RedisServer,
+           running: Callable[[], bool]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """SIGKILL workers every ``--kill-every`` s and Redis at even spacing among them; the
+    kills of each, and how many of them hit while the job still ran."""
+    kills = redis_kills = kills_running = redis_running = 0
     redis_at = {round(opts.worker_kills * (i + 1) / (opts.redis_kills + 1))
                 for i in range(opts.redis_kills)}
     rng = random.Random(opts.seed)
@@ -202,14 +208,24 @@ def _chaos(opts: argparse.Namespace, workers: Workers, redis: RedisServer) -> tu
     while kills < opts.worker_kills and attempts < opts.worker_kills * 20:
         attempts += 1
         time.sleep(opts.kill_every)
+        during = _safely(running)
         if workers.kill_one(rng.randrange(2)):
             kills += 1
+            kills_running += during
             if kills in redis_at:
                 redis.kill()
                 time.sleep(1.0)
                 redis.start()
                 redis_kills += 1
-    return kills, redis_kills
+                redis_running += during
+    return (kills, kills_running), (redis_kills, redis_running)
+
+
+def _safely(running: Callable[[], bool]) -> bool:
+    try:
+        return running()
+    except Exception:  # Redis is being restarted: it was running a moment ago
+        return True
 
 
 def main() -> None:

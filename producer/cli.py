@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 import redis
 
 from shared.connections import redis_problem
-from shared.errors import RstreamError
+from shared.errors import ConfigError, RstreamError
 from shared.logs import configure
 from shared.settings import Settings, markdown_table
 
@@ -83,7 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_commands(commands)
     _add_model_commands(commands)
     _add_worker_commands(commands)
+
+    p = commands.add_parser("api", help="serve the HTTP API and the jobs dashboard "
+                            "(needs the api extra)")
+    p.add_argument("--host", help="address to listen on (default: RSTREAM_API_HOST); "
+                   "anything but 127.0.0.1 needs RSTREAM_API_TOKENS")
+    p.add_argument("--port", type=_positive, help="port (default: RSTREAM_API_PORT)")
+    p.set_defaults(handler=_api)
     return parser
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    missing = [name for name in ("fastapi", "uvicorn", "pydantic", "prometheus_client")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"rstream api needs {', '.join(missing)}: install the api extra "
+                          "(pip install 'rstream[api]')")
+    handler: Handler = _lazy("http_api", "api_command")
+    return handler(args, settings)
 
 
 def _add_worker_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,10 +11,9 @@ from tqdm import tqdm
 
 from producer import monitor
 from producer.submit import Client, Sent, resume, retry, submit_counted
-from shared import deadletters, workers
-from shared.constants import INFER_QUEUE
+from shared import deadletters
 from shared.errors import RstreamError
-from shared.jobs import DONE, FAILED, RUNNING, Job, check_job_id, new_job_id
+from shared.jobs import DONE, FAILED, RUNNING, check_job_id, new_job_id
 from shared.results import job_prefix
 from shared.settings import Settings
 
@@ -85,36 +84,9 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"job {args.job}: {job.status}  {job.processed}/{total} images "
           f"({job.ok} ok, {job.failed} failed)  {state.rate:.1f} img/s  ETA {eta}")
     print(f"model {job.model}  results {job_prefix(job.results, args.job)}/")
-    for line in _explain(client, job, settings):
+    for line in monitor.notes(client.jobs, job, settings.visibility_timeout):
         print(line)
     return 0
-
-
-def _explain(client: Client, job: Job, settings: Settings) -> list[str]:
-    """What a person needs to know about the job beyond its counts."""
-    lines = []
-    if job.submitting and job.submit_error:
-        lines.append(f"submission stopped after {job.images} of {job.listed_images} recorded "
-                     f"images were sent ({job.submit_error}): run the same submit again, or "
-                     f"`rstream resume {job.id}`, to continue")
-    elif job.submitting:
-        lines.append(f"still submitting: {job.listed_images} images recorded so far")
-    if job.status == FAILED:
-        lines.append(f"failed as a whole: {job.last_error}. Every image gets an error line; "
-                     f"fix the cause, then `rstream retry {job.id}`")
-    if job.status == RUNNING:
-        absent = workers.absence(client.jobs.redis, INFER_QUEUE)
-        if absent:
-            lines.append(f"waiting: {absent}")
-        else:
-            hint = monitor.stuck_reason(client.jobs, job.id, settings.visibility_timeout + 60)
-            if hint:
-                lines.append(hint)
-    if job.stalled_chunks:
-        lines.append(f"{job.stalled_chunks} chunk(s) could not write their part; last error: "
-                     f"{job.last_error}. Fix it, then send them again with "
-                     f"`rstream resume {job.id}`.")
-    return lines
 
 
 def wait_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,20 +7,13 @@ and read the registry in storage.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import uuid
-from typing import Any
 
-from producer import monitor
+from producer import monitor, training
 from producer.submit import Client
-from shared import modelref
-from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
-from shared.errors import ConfigError, NotFoundError
-from shared.finetune_config import TrainConfig, check_overrides
+from shared.errors import ConfigError
 from shared.finetune_runs import TrainRuns
-from shared.modelref import check_name
 from shared.registry import Registry
 from shared.settings import Settings
 
@@ -31,47 +24,25 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.action or args.run:
         raise ConfigError(f"unexpected argument {args.action or args.run!r}: use `rstream train "
                           "[OPTIONS]` to start a run, `rstream train status RUN` to follow one")
-    options = _checked_options(args, settings)
+    options = training.checked_options(
+        settings, name=args.name, mode=args.mode, epochs=args.epochs, start=args.start,
+        force=args.force, data=args.data, overrides=_training_options(args.set))
     client = Client(settings)
-    run = f"train-{uuid.uuid4().hex[:12]}"
-    runs = TrainRuns(client.jobs.redis)
-    runs.update(run, status="queued", name=options.get("name", settings.train_model))
-    client.app.send_task(FINETUNE_TASK, kwargs=options, queue=TRAIN_QUEUE, task_id=run)
+    run = training.start_run(client, options)
     print(run)
     if not args.wait:
         print(f"follow it with `rstream train status {run} --wait`", file=sys.stderr)
         return 0
-    return _follow(runs, run)
-
-
-def _checked_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """The run's options, every one checked here, so a mistake is one line now rather than a
-    traceback in the trainer's log."""
-    overrides = check_overrides(_training_options(args.set)) if args.set else {}
-    TrainConfig(mode=args.mode or settings.train_mode,
-                epochs=args.epochs or settings.train_epochs, **overrides)
-    if args.name:
-        check_name(args.name)
-    if args.start:
-        modelref.parse(args.start)
-    if args.data:
-        dataclasses.replace(settings, train_data=args.data)  # the setting's own checks
-    options = {"name": args.name, "mode": args.mode, "epochs": args.epochs,
-               "start": args.start, "force": args.force or None, "data": args.data,
-               "overrides": overrides or None}
-    return {key: value for key, value in options.items() if value is not None}
+    return _follow(TrainRuns(client.jobs.redis), run)
 
 
 def _train_status(args: argparse.Namespace, settings: Settings) -> int:
     if not args.run:
         raise ConfigError("rstream train status needs a run id (printed by `rstream train`)")
-    runs = TrainRuns(Client(settings).jobs.redis)
-    state = runs.get(args.run)
-    if not state:
-        raise NotFoundError(f"fine-tune run {args.run} not found (unknown, or older than "
-                            "7 days)")
+    client = Client(settings)
+    state = training.run_state(client, args.run)
     if args.wait:
-        return _follow(runs, args.run)
+        return _follow(TrainRuns(client.jobs.redis), args.run)
     print(json.dumps(state, indent=2, default=str))
     return 0 if state.get("status") not in ("failed", "locked") else 1
 
@@ -99,15 +70,12 @@ def _training_options(pairs: list[str]) -> dict[str, object]:
 def models_ls_command(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(Client(settings).storage, settings.models)
     for name in [args.name] if args.name else registry.names():
-        pointer, _ = registry.read_pointer(name)
-        production = pointer["version"] if pointer else None
-        for version in registry.versions(name):
-            meta = registry.read_meta(name, version)
-            accuracy = meta.get("metrics", {}).get("val_accuracy")
-            shown = "-" if accuracy is None else f"{accuracy:.4f}"
-            mark = "*" if version == production else " "
-            print(f"{mark} {name}@{version}\t{meta.get('arch')}\t{len(meta.get('classes', []))} "
-                  f"classes\tval_acc {shown}\t{meta.get('gate', {}).get('reason', '')}")
+        model = training.model_versions(registry, name)
+        for v in model["versions"]:
+            shown = "-" if v["val_accuracy"] is None else f"{v['val_accuracy']:.4f}"
+            mark = "*" if v["version"] == model["production"] else " "
+            print(f"{mark} {name}@{v['version']}\t{v['arch']}\t{v['classes']} classes\t"
+                  f"val_acc {shown}\t{v['gate']}")
     return 0
 
 
@@ -116,13 +84,11 @@ def models_promote_command(args: argparse.Namespace, settings: Settings) -> int:
     if not version:
         raise ConfigError(f"{args.ref!r}: give NAME@VERSION (see `rstream models ls {name}`)")
     registry = Registry(Client(settings).storage, settings.models)
-    current, _ = registry.read_pointer(name)
-    if current and current["version"] == version:
-        registry.read_meta(name, version)
+    pointer, changed = training.promote(registry, name, version)
+    if not changed:
         print(f"{name}: {version} is already in production; nothing changed")
-        return 0
-    pointer = registry.promote(name, version, reason="promoted by hand")
-    print(f"{name}: production is now {pointer['version']}")
+    else:
+        print(f"{name}: production is now {pointer['version']}")
     return 0
 
 

@@ -14,7 +14,7 @@ from shared import workers
 from shared.celery_app import queued
 from shared.constants import INFER_QUEUE
 from shared.finetune_runs import FINISHED, TrainRuns
-from shared.jobs import DONE, RUNNING, Job, JobStore
+from shared.jobs import DONE, FAILED, RUNNING, Job, JobStore
 from shared.manifest import manifest_uri, write_manifest
 from shared.results import job_lines
 from shared.storage import Storage
@@ -30,6 +30,7 @@ class Status:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.job.as_dict(), "processed": self.job.processed,
+                "stalled": self.job.stalled, "finished": self.job.finished,
                 "rate": round(self.rate, 2),
                 "eta_s": None if self.eta_s is None else round(self.eta_s, 1)}
 
@@ -43,6 +44,34 @@ def status(store: JobStore, job_id: str) -> Status:
     # No estimate from a partial total: while the producer still lists, the total grows.
     eta = remaining / rate if rate > 0 and not job.finished and not job.submitting else None
     return Status(job, rate, eta)
+
+
+def notes(store: JobStore, job: Job, visibility_timeout: int) -> list[str]:
+    """What a person needs to know about a job beyond its counts: a submission that stopped,
+    a job that failed as a whole, no worker on the queue, stalled chunks."""
+    lines = []
+    if job.submitting and job.submit_error:
+        lines.append(f"submission stopped after {job.images} of {job.listed_images} recorded "
+                     f"images were sent ({job.submit_error}): run the same submit again, or "
+                     f"`rstream resume {job.id}`, to continue")
+    elif job.submitting:
+        lines.append(f"still submitting: {job.listed_images} images recorded so far")
+    if job.status == FAILED:
+        lines.append(f"failed as a whole: {job.last_error}. Every image gets an error line; "
+                     f"fix the cause, then `rstream retry {job.id}`")
+    if job.status == RUNNING:
+        absent = workers.absence(store.redis, INFER_QUEUE)
+        if absent:
+            lines.append(f"waiting: {absent}")
+        else:
+            hint = stuck_reason(store, job.id, visibility_timeout + 60)
+            if hint:
+                lines.append(hint)
+    if job.stalled_chunks:
+        lines.append(f"{job.stalled_chunks} chunk(s) could not write their part; last error: "
+                     f"{job.last_error}. Fix it, then send them again with "
+                     f"`rstream resume {job.id}`.")
+    return lines
 
 
 def stuck_reason(store: JobStore, job_id: str, idle_after_s: float) -> str | None:

@@ -58,11 +58,14 @@ class Client:
     """What the producer needs: settings, storage, the job store and a Celery app.
 
     Building one pings Redis once (a few seconds at most), so a wrong or unreachable
-    ``RSTREAM_REDIS_URL`` is one clear error instead of a long wait and a traceback.
+    ``RSTREAM_REDIS_URL`` is one clear error instead of a long wait and a traceback;
+    ``check=False`` (a long-running server) skips that.
     """
 
-    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
-        check_redis(settings.redis_url)
+    def __init__(self, settings: Settings, app: Celery | None = None, *,
+                 check: bool = True) -> None:
+        if check:
+            check_redis(settings.redis_url)
         self.settings = settings
         self.storage = Storage(settings)
         self.jobs = JobStore.from_url(settings.redis_url, settings.job_ttl)

@@ -57,3 +57,8 @@ class ObjectTooLarge(PermanentError):
 class JobFailed(PermanentError):
     """Raised for the images of a job that failed as a whole (its model cannot be loaded);
     the message is the job's reason."""
+
+
+class JobConflict(PermanentError):
+    """Raised when a job id is submitted again with another source, model, output or chunk
+    size than the job has."""

@@ -38,7 +38,13 @@ from shared.constants import (
     JOB_SENT_KEY,
     JOBS_INDEX_KEY,
 )
-from shared.errors import ConfigError, InvalidMessage, NotFoundError, PermanentError
+from shared.errors import (
+    ConfigError,
+    InvalidMessage,
+    JobConflict,
+    NotFoundError,
+    PermanentError,
+)
 
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -261,7 +267,7 @@ class JobStore:
         same = (existing.source, existing.model, existing.results, existing.chunk_size) == (
             source, model, results, chunk_size)
         if not same:
-            raise PermanentError(
+            raise JobConflict(
                 f"job {job} already exists with another source, model, output or chunk size: "
                 "choose another --job name, or resubmit exactly the same one to resume it")
         # A resumed job sends its stalled chunks again: forget why they stalled.

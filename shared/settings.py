@@ -8,6 +8,7 @@ these docs (``rstream config --markdown``) and a test keeps the two identical.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -134,6 +135,48 @@ def _device(raw: str) -> str:
     if value.startswith("cuda:") and value[5:].isdigit():
         return value
     raise ValueError("not auto, cpu, cuda or cuda:N")
+
+
+TOKEN_PATTERN = r"[A-Za-z0-9_.~-]{16,256}"
+API_SCOPES = ("read", "submit", "admin")
+
+
+def parse_tokens(raw: str) -> dict[str, frozenset[str]]:
+    """``TOKEN:SCOPE[+SCOPE],...`` (commas or new lines) as {token: scopes}; ValueError."""
+    tokens: dict[str, frozenset[str]] = {}
+    for entry in (part.strip() for part in re.split(r"[,\n]", raw)):
+        if not entry or entry.startswith("#"):
+            continue
+        token, colon, scopes = entry.partition(":")
+        names = frozenset(s.strip() for s in scopes.split("+") if s.strip())
+        if not colon or not re.fullmatch(TOKEN_PATTERN, token) or not names:
+            raise ValueError("not TOKEN:SCOPE[+SCOPE] with a token of 16+ characters")
+        if names - set(API_SCOPES):
+            raise ValueError(f"scopes are {', '.join(API_SCOPES)}")
+        tokens[token] = names
+    return tokens
+
+
+def _tokens(raw: str) -> str:
+    parse_tokens(raw)
+    return raw.strip()
+
+
+def _optional_path(raw: str) -> str:
+    value = raw.strip()
+    if "\x00" in value:
+        raise ValueError("not a path")
+    return value
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if value != "localhost":
+            raise ValueError("not an IP address") from None
+    return value
 
 
 def _cron(raw: str) -> str:
@@ -270,6 +313,24 @@ class Settings:
     log_level: str = _setting(
         "info", "Logging level.", _choice("debug", "info", "warning", "error"),
         "use debug, info, warning or error")
+    api_host: str = _setting(
+        "127.0.0.1", "Address `rstream api` listens on; anything but 127.0.0.1 needs tokens.",
+        _host, "use an IP address such as 127.0.0.1 or 0.0.0.0")
+    api_port: int = _setting(
+        8080, "Port of `rstream api`.", _int(1, 65535), "use a port number")
+    api_tokens: str = _setting(
+        "", "API bearer tokens and their scopes: TOKEN:SCOPE[+SCOPE],... with scopes read, "
+        "submit, admin (shown masked).", _tokens, "use TOKEN:read+submit (tokens of 16+ "
+        "letters, digits, '-', '_' or '.')")
+    api_tokens_file: str = _setting(
+        "", "A file of API tokens, one TOKEN:SCOPE[+SCOPE] per line (a mounted secret).",
+        _optional_path, "use a file path, or leave it empty")
+    api_max_body_bytes: int = _setting(
+        1024 * 1024, "Largest HTTP request body `rstream api` accepts.", _int(1024),
+        "use an integer number of bytes >= 1024")
+    api_max_uris: int = _setting(
+        10_000, "Most URIs in one inline HTTP submission.", _int(1, 1_000_000),
+        "use an integer from 1 to 1000000")
 
     def __post_init__(self) -> None:
         # Every value passes its parser, from the environment or from code (overrides,
@@ -307,8 +368,11 @@ class Settings:
 
     def shown(self) -> dict[str, str]:
         """:meth:`as_env` with passwords masked: what ``rstream config`` and logs print."""
-        return {name: mask_url(value) if name == env_name("redis_url") else value
-                for name, value in self.as_env().items()}
+        shown = self.as_env()
+        shown[env_name("redis_url")] = mask_url(self.redis_url)
+        if self.api_tokens:
+            shown[env_name("api_tokens")] = "****"
+        return shown
 
 
 def mask_url(url: str) -> str:
@@ -331,7 +395,8 @@ def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
     try:
         return f.metadata["parse"](raw)
     except ValueError as exc:
-        shown = mask_url(raw) if f.name == "redis_url" else raw
+        shown = mask_url(raw) if f.name == "redis_url" else "****" if f.name == "api_tokens" \
+            else raw
         raise ConfigError(f"{name}={shown!r} is invalid ({exc}): {f.metadata['fix']}") from None
 
 

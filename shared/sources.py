@@ -61,16 +61,18 @@ class Source:
         return islice(_manifest_lines(lines, self.location), skip, None)
 
 
-def resolve(source: str | Iterable[str], storage: Storage) -> Source:
+def resolve(source: str | Iterable[str], storage: Storage, *,
+            local_files: bool = True) -> Source:
     """``source`` resolved and checked; ConfigError, NotFoundError or AccessDeniedError with
-    the reason and the fix when it cannot be scored."""
+    the reason and the fix when it cannot be scored. ``local_files=False`` (the HTTP API)
+    takes list files from storage only, never from this machine's own file system."""
     if not isinstance(source, str):
         return Source("list", LIST, source)
     text = source.strip()
     if not text:
         raise ConfigError("no source given: name a folder, s3://bucket/prefix/ or a list file")
     if text.endswith(MANIFEST_SUFFIXES):
-        if os.path.isfile(text):
+        if local_files and os.path.isfile(text):
             return Source("file", os.path.abspath(text))
         if not storage.exists(text):
             raise NotFoundError(f"{text}: no such list file (here or under the storage root "

@@ -83,8 +83,17 @@ def test_trainer_consumes_the_train_queue_and_beat_schedules(services: dict[str,
     assert "RSTREAM_TRAIN_SCHEDULE" in services["beat"]["environment"]
 
 
-def test_the_image_installs_the_worker_extra() -> None:
+def test_the_image_installs_the_worker_and_api_extras() -> None:
     # The core install is the submission side only: a worker image without the extra has no
     # torch, and every worker service in the file would crash at its first chunk.
     dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir '.[worker]'" in dockerfile
+    assert "pip install --no-cache-dir '.[worker,api]'" in dockerfile
+
+
+def test_the_api_service_has_a_healthcheck_and_serves_the_network_only_with_tokens(
+        services: dict[str, Any]) -> None:
+    api = services["api"]
+    assert api["command"] == ["rstream", "api"]
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["environment"]["RSTREAM_API_HOST"] == "0.0.0.0"
+    assert api["environment"]["RSTREAM_API_TOKENS"].startswith("${RSTREAM_API_TOKENS")

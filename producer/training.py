@@ -1,0 +1,83 @@
+"""Sending fine-tune runs and reading the registry, for the CLI and the HTTP API alike.
+
+No torch: a run is sent by name to the trainer (``rstream worker --train``); every option is
+checked here first, so a mistake is one clear error now rather than a traceback in the
+trainer's log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from producer.submit import Client
+from shared import modelref
+from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
+from shared.errors import NotFoundError
+from shared.finetune_config import TrainConfig, check_overrides
+from shared.finetune_runs import TrainRuns
+from shared.modelref import check_name
+from shared.registry import Registry
+from shared.settings import Settings
+
+
+def checked_options(settings: Settings, *, name: str | None = None, mode: str | None = None,
+                    epochs: int | None = None, start: str | None = None, force: bool = False,
+                    data: str | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of one run, each checked; what the ``finetune`` task receives."""
+    overrides = check_overrides(overrides or {})
+    TrainConfig(mode=mode or settings.train_mode, epochs=epochs or settings.train_epochs,
+                **overrides)
+    if name:
+        check_name(name)
+    if start:
+        modelref.parse(start)
+    if data:
+        dataclasses.replace(settings, train_data=data)  # the setting's own checks
+    options = {"name": name, "mode": mode, "epochs": epochs, "start": start,
+               "force": force or None, "data": data, "overrides": overrides or None}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def start_run(client: Client, options: dict[str, Any]) -> str:
+    """Send one fine-tune run; its id, which ``run_state`` follows."""
+    run = f"train-{uuid.uuid4().hex[:12]}"
+    TrainRuns(client.jobs.redis).update(
+        run, status="queued", name=options.get("name", client.settings.train_model))
+    client.app.send_task(FINETUNE_TASK, kwargs=options, queue=TRAIN_QUEUE, task_id=run)
+    return run
+
+
+def run_state(client: Client, run: str) -> dict[str, Any]:
+    """What is known of run ``run``; NotFoundError when nothing is."""
+    state = TrainRuns(client.jobs.redis).get(run)
+    if not state:
+        raise NotFoundError(f"fine-tune run {run} not found (unknown, or older than 7 days)")
+    return state
+
+
+def model_versions(registry: Registry, name: str) -> dict[str, Any]:
+    """A model's production version and its versions, newest last, with their accuracy."""
+    pointer, _ = registry.read_pointer(name)
+    versions = []
+    for version in registry.versions(name):
+        meta = registry.read_meta(name, version)
+        versions.append({
+            "version": version, "arch": meta.get("arch"),
+            "classes": len(meta.get("classes", [])), "created_at": meta.get("created_at"),
+            "val_accuracy": meta.get("metrics", {}).get("val_accuracy"),
+            "gate": meta.get("gate", {}).get("reason", "")})
+    return {"name": name, "production": pointer["version"] if pointer else None,
+            "previous": pointer.get("previous", []) if pointer else [], "versions": versions}
+
+
+def promote(registry: Registry, name: str, version: str) -> tuple[dict[str, Any], bool]:
+    """Make ``version`` production; (pointer, whether anything changed)."""
+    current, _ = registry.read_pointer(name)
+    registry.read_meta(name, version)  # NotFoundError for a version that was never published
+    if current and current["version"] == version:
+        return current, False
+    return registry.promote(name, version, reason="promoted by hand"), True

@@ -1,0 +1,310 @@
+"""The HTTP API with real parts: a uvicorn process (``rstream api``), a real worker, Redis,
+moto's S3 over HTTP; and the dashboard in a real headless browser (Debian's chromium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.registry import Registry
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.conftest import service_unavailable
+from tests.integration.pipeline_data import write_dataset
+from tests.integration.test_pipeline import pipeline_settings, save_tiny_model
+from tests.services import REPO, WorkerProcess, free_port
+
+READ, SUBMIT, ADMIN = ("r" * 20, "s" * 20, "a" * 20)
+TOKENS = f"{READ}:read,{SUBMIT}:read+submit,{ADMIN}:admin"
+WAIT_S = 180.0
+
+
+class ApiProcess:
+    """``python -m producer.cli api`` on a free port, with its log in a file."""
+
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+        self.port = free_port()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+        environ.update(settings.as_env())
+        environ.update({"RSTREAM_API_PORT": str(self.port), **env})
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "producer.cli", "api"], cwd=REPO,
+                                        env=environ, stdout=self._out, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: str, moto_server: str, s3_admin: Any,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Settings, a tiny model, a worker, an open API (127.0.0.1, no token) and one with
+    tokens, for the whole module."""
+    root = tmp_path_factory.mktemp("api-root")
+    bucket = f"api-{uuid.uuid4().hex[:10]}"
+    s3_admin.create_bucket(Bucket=bucket)
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/6", root,
+                                 s3_endpoint_url=moto_server, allowed_buckets=(bucket,),
+                                 s3_max_attempts=2, chunk_size=8)
+    model = save_tiny_model(settings)
+    logs = root.parent
+    worker = WorkerProcess(settings, logs / "api-worker.log", "api").wait_ready()
+    open_api = ApiProcess(settings, logs / "api-open.log")
+    guarded = ApiProcess(settings, logs / "api-tokens.log", RSTREAM_API_TOKENS=TOKENS)
+    state = {"settings": settings, "model": model, "open": open_api, "guarded": guarded,
+             "bucket": bucket, "worker": worker}
+    try:
+        yield state
+    finally:
+        open_api.stop()
+        guarded.stop()
+        state["worker"].stop()
+
+
+def poll_done(http: httpx.Client, job: str) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        view = http.get(f"/v1/jobs/{job}").json()
+        if view["finished"]:
+            return view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.3)
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+    env.update(settings.as_env())
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_submit_over_http_then_results_equal_the_cli_results(stack: dict[str, Any]) -> None:
+    settings, model = stack["settings"], stack["model"]
+    prefix = f"http-{uuid.uuid4().hex[:6]}"
+    write_dataset(Storage(settings), prefix, good=30)
+    with stack["guarded"].client(SUBMIT) as http:
+        created = http.post("/v1/jobs", json={"source": prefix, "model": model})
+        assert created.status_code == 202, created.text
+        job = created.json()["job"]
+        assert created.json()["url"] == f"/v1/jobs/{job}"
+        final = poll_done(http, job)
+        assert (final["status"], final["ok"], final["failed"]) == ("done", 30, 10)
+        assert final["models"] == {model: 30}
+        streamed = http.get(f"/v1/jobs/{job}/results")
+        failed = http.get(f"/v1/jobs/{job}/results", params={"failed": "true"})
+    assert streamed.headers["content-type"].startswith("application/x-ndjson")
+    assert streamed.text == cli(settings, "results", job).stdout
+    assert failed.text == cli(settings, "results", job, "--failed").stdout
+    assert len(failed.text.splitlines()) == 10
+
+
+def test_inline_uris_and_an_idempotent_job_id(stack: dict[str, Any]) -> None:
+    settings, model = stack["settings"], stack["model"]
+    uris = write_dataset(Storage(settings), f"inline-{uuid.uuid4().hex[:6]}", good=4)[:4]
+    job = f"inline-{uuid.uuid4().hex[:6]}"
+    with stack["open"].client() as http:
+        first = http.post("/v1/jobs", json={"uris": uris, "model": model, "job": job})
+        assert first.status_code == 202 and first.json()["job"] == job, first.text
+        again = http.post("/v1/jobs", json={"uris": uris, "model": model, "job": job})
+        assert again.status_code == 200 and again.json()["existing"] is True
+        other = http.post("/v1/jobs", json={"uris": uris, "model": model, "job": job,
+                                             "chunk_size": 2})
+        assert other.status_code == 409 and "already exists" in other.json()["error"]["message"]
+        assert poll_done(http, job)["images"] == 4
+        listed = http.get("/v1/jobs", params={"limit": 1})
+        assert listed.status_code == 200 and len(listed.json()["jobs"]) == 1
+
+
+def test_tokens_and_scopes(stack: dict[str, Any]) -> None:
+    api = stack["guarded"]
+    body = {"uris": ["a.jpg"], "model": stack["model"]}
+    with api.client() as anonymous, api.client("w" * 20) as wrong, api.client(READ) as reader:
+        missing = anonymous.get("/v1/jobs")
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert wrong.get("/v1/jobs").status_code == 401
+        assert reader.get("/v1/jobs").status_code == 200
+        refused = reader.post("/v1/jobs", json=body)
+        assert refused.status_code == 403 and "submit scope" in refused.json()["error"]["message"]
+        assert reader.post("/v1/train", json={}).status_code == 403
+        assert anonymous.get("/healthz").status_code == 200, "health needs no token"
+
+
+@pytest.mark.parametrize(("source", "status", "text"), [
+    ("../outside", 403, "outside the storage root"),
+    ("file:///etc/passwd", 403, "outside the storage root"),
+    ("/etc/passwd.txt", 403, "outside the storage root"),
+    ("http://169.254.169.254/latest/meta-data/", 400, "unsupported scheme http://"),
+    ("s3://someone-elses-bucket/x/", 403, "not in RSTREAM_ALLOWED_BUCKETS"),
+    ("nowhere", 404, "no such folder"),
+])
+def test_sources_go_through_the_storage_checks(stack: dict[str, Any], source: str,
+                                               status: int, text: str) -> None:
+    with stack["open"].client() as http:
+        response = http.post("/v1/jobs", json={"source": source, "model": stack["model"]})
+    assert response.status_code == status, response.text
+    assert text in response.json()["error"]["message"]
+
+
+def test_a_list_file_on_the_api_host_is_never_read(stack: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    local = tmp_path / "secret-list.txt"  # exists on this machine, outside the storage root
+    local.write_text("/etc/shadow\n")
+    with stack["open"].client() as http:
+        response = http.post("/v1/jobs", json={"source": str(local), "model": stack["model"]})
+    assert response.status_code in (403, 404), response.text
+
+
+def test_bodies_are_validated_and_limited(stack: dict[str, Any]) -> None:
+    with stack["open"].client() as http:
+        big = http.post("/v1/jobs", content=b"{" + b" " * (10 * 1024 * 1024) + b"}",
+                        headers={"content-type": "application/json"})
+        assert big.status_code == 413 and big.json()["error"]["type"] == "BodyTooLarge"
+        malformed = http.post("/v1/jobs", content=b"{not json",
+                              headers={"content-type": "application/json"})
+        assert malformed.status_code == 400
+        assert malformed.json()["error"]["type"] == "MalformedJSON"
+        bad_field = http.post("/v1/jobs", json={"source": "x/", "chunk_size": 0})
+        assert bad_field.status_code == 422
+        assert bad_field.json()["error"]["fields"][0]["field"] == "chunk_size"
+        both = http.post("/v1/jobs", json={"source": "x/", "uris": ["a"]})
+        assert both.status_code == 422 and "exactly one of source and uris" in both.text
+        model = http.post("/v1/jobs", json={"source": "x/", "model": "random:resnet19"})
+        assert model.status_code == 400 and "resnet19" in model.json()["error"]["message"]
+        unknown = http.get("/v1/jobs/no-such-job")
+        assert unknown.status_code == 404
+
+
+def test_models_promote_rollback_and_train(stack: dict[str, Any]) -> None:
+    settings, api = stack["settings"], stack["guarded"]
+    registry = Registry(Storage(settings), settings.models)
+    name = stack["model"].split("@")[0]
+    second = save_tiny_model(settings).split("@")[1]
+    first = stack["model"].split("@")[1]
+    registry.promote(name, first)
+    with api.client(ADMIN) as admin, api.client(READ) as reader:
+        listed = reader.get("/v1/models").json()["models"]
+        assert {"name": name, "production": first} in listed
+        assert reader.post(f"/v1/models/{name}/promote", json={"version": second}
+                           ).status_code == 403
+        promoted = admin.post(f"/v1/models/{name}/promote", json={"version": second})
+        assert promoted.json() == {"name": name, "production": second, "changed": True}
+        same = admin.post(f"/v1/models/{name}/promote", json={"version": second})
+        assert same.json()["changed"] is False
+        back = admin.post(f"/v1/models/{name}/rollback")
+        assert back.json()["production"] == first
+        detail = reader.get(f"/v1/models/{name}").json()
+        assert detail["production"] == first and len(detail["versions"]) >= 2
+        refused = admin.post("/v1/train", json={"options": {"nope": 1}})
+        assert refused.status_code == 400 and "'nope' is unknown" in refused.text
+        run = admin.post("/v1/train", json={"name": "other", "epochs": 1})
+        assert run.status_code == 202, run.text
+        state = reader.get(run.json()["url"]).json()
+        assert state["status"] == "queued"
+    assert registry.production(name) == first
+
+
+def test_health_readiness_and_metrics(stack: dict[str, Any]) -> None:
+    with stack["open"].client() as http:
+        assert http.get("/readyz").json() == {"ready": True}
+        text = http.get("/metrics").text
+    assert 'rstream_queue_chunks{queue="infer"}' in text
+    assert "rstream_queue_oldest_chunk_age_seconds" in text
+    assert 'rstream_jobs{state="done"}' in text
+
+
+def test_the_api_refuses_to_serve_the_network_without_tokens(stack: dict[str, Any]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+    env.update(stack["settings"].as_env())
+    env["RSTREAM_API_HOST"] = "0.0.0.0"
+    result = subprocess.run([sys.executable, "-m", "producer.cli", "api"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "without any token would let anyone on the network submit" in result.stderr
+
+
+def test_the_dashboard_shows_jobs_failures_labels_and_models(stack: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        service_unavailable("chromium is not installed (apt-get install chromium)")
+    settings, model = stack["settings"], stack["model"]
+    prefix = f"dash-{uuid.uuid4().hex[:6]}"
+    write_dataset(Storage(settings), prefix, good=30)
+    with stack["open"].client() as http:
+        done = http.post("/v1/jobs", json={"source": prefix, "model": model}).json()["job"]
+        final = poll_done(http, done)
+        stack["worker"].stop()  # nothing consumes now: the next job stays in flight
+        try:
+            flight = http.post("/v1/jobs", json={"source": prefix, "model": model,
+                                                 "chunk_size": 4}).json()["job"]
+            dom = _render(chromium, f"{stack['open'].url}/#job={done}", tmp_path)
+            shot = tmp_path / "dashboard.png"
+            _render(chromium, f"{stack['open'].url}/#job={done}", tmp_path, screenshot=shot)
+        finally:
+            stack["worker"] = WorkerProcess(settings, tmp_path / "again.log", "api2")
+            stack["worker"].wait_ready()
+        summary = http.get(f"/v1/jobs/{done}/summary").json()
+    assert f'data-job="{done}"' in dom and f'data-job="{flight}"' in dom
+    row = dom.split(f'data-job="{done}"', 1)[1].split("</tr>", 1)[0]
+    assert "40/40" in row and ">done<" in row and '<td class="failed">10</td>' in row
+    flight_row = dom.split(f'data-job="{flight}"', 1)[1].split("</tr>", 1)[0]
+    assert ">running<" in flight_row and "0/40" in flight_row
+    failures = dom.split('id="failures"', 1)[1].split("</table>", 1)[0]
+    assert failures.count('class="failure"') == len(summary["failures"]) >= 5
+    assert sum(int(c) for c in _cells(failures, "count")) == final["failed"] == 10
+    labels = dom.split('id="labels"', 1)[1].split("</section>", 1)[0]
+    assert sum(int(c) for c in _cells(labels, "count", tag="span")) == final["ok"] == 30
+    assert f'data-model="{model.split("@")[0]}"' in dom and model.split("@")[1] in dom
+    assert shot.stat().st_size > 10_000
+    out = REPO / "docs" / "dashboard.png"
+    if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):  # refresh the README's picture
+        out.parent.mkdir(exist_ok=True)
+        shutil.copy(shot, out)
+
+
+def _cells(html: str, cls: str, tag: str = "td") -> list[str]:
+    start = f'<{tag} class="{cls}">'
+    return [part.split("<", 1)[0] for part in html.split(start)[1:]]
+
+
+def _render(chromium: str, url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
+    """The page after its scripts ran (virtual time lets the fetches finish)."""
+    profile = tmp_path / f"profile-{uuid.uuid4().hex[:6]}"
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=8000",
+            "--window-size=1280,1500"]
+    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
