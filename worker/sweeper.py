@@ -76,14 +76,12 @@ class Sweeper:
             return 0
         now = float(client.time()[0])
         cutoff = now - self.settings.visibility_timeout - margin_s(self.settings)
+        # What is queued or held is read before what is done: a chunk acked in between is
+        # then seen done, never as lost (complete() is recorded before the ack).
+        held = _held_task_ids(client)
         resent = 0
-        held: set[str] | None = None  # task ids queued or unacked, read only when needed
         for job in self.jobs.running_jobs():
-            lost = self.jobs.unfinished(job.id, sent_before=cutoff)
-            if not lost:
-                continue
-            held = held if held is not None else _held_task_ids(client)
-            for chunk, generation in lost:
+            for chunk, generation in self.jobs.unfinished(job.id, sent_before=cutoff):
                 if f"{job.id}:{chunk}:{generation}" not in held:
                     resent += self._send_again(job, chunk, generation, now - cutoff)
         return resent
