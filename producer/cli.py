@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_commands(commands)
     _add_model_commands(commands)
     _add_worker_commands(commands)
+
+    p = commands.add_parser("exporter", help="serve the queues' metrics for Prometheus: "
+                            "run one per Redis (no torch needed)")
+    p.add_argument("--port", type=_positive, help="port of /metrics, /healthz and /readyz "
+                   "(default: RSTREAM_EXPORTER_PORT)")
+    p.set_defaults(handler=_lazy("exporter", "exporter_command"))
     return parser
 
 
@@ -235,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = Settings.from_env()
-        configure(settings.log_level)
+        configure(settings.log_level, settings.log_format)
         handler: Handler = args.handler
         return handler(args, settings)
     except RstreamError as exc:

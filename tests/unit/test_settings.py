@@ -56,6 +56,10 @@ BAD_VALUES = {
     "train_lock_ttl": "5",
     "train_time_limit": "10",
     "metrics_port": "70000",
+    "metrics_host": "every interface",
+    "exporter_port": "0",
+    "wedge_timeout": "0.5",
+    "log_format": "logfmt",
     "backend": "tensorrt",
     "log_level": "verbose",
 }
