@@ -67,6 +67,7 @@ def configure(level: str, fmt: str = "text", *, force: bool = False,
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.handlers = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings too, in the same format
 
 
 def set_context(**fields: Any) -> None:

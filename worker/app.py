@@ -9,7 +9,8 @@ the worker process (on the first task, or in the background once the worker is r
 Started by hand, a worker behaves as under ``rstream worker``: the thread pool (one model per
 process) with ``RSTREAM_CONCURRENCY`` unless the command line says otherwise, and rstream's
 own logging (``shared/logs.py``: ``RSTREAM_LOG_LEVEL``, ``RSTREAM_LOG_FORMAT``) installed
-through Celery's ``setup_logging`` signal, so Celery configures none of its own.
+through Celery's signals, so Celery configures none of its own. Celery still prints its
+banner (not in JSON mode) and, at a shutdown signal, one notice on stdout outside logging.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import ssl
 from typing import Any
 
-from celery.signals import celeryd_after_setup, setup_logging
+from celery.signals import celeryd_after_setup, celeryd_init, setup_logging
 
 from shared import logs
 from shared.celery_app import beat_schedule, make_app
@@ -49,6 +50,9 @@ state = register(app, settings)
 lifecycle.connect(app, settings, state)
 
 
+# celeryd_init comes before Celery's first words (a warning when it runs as root);
+# setup_logging, answered, keeps Celery from installing handlers of its own.
+@celeryd_init.connect(weak=False)
 @setup_logging.connect(weak=False)
 def _logging(**_: Any) -> None:
     logs.configure(settings.log_level, settings.log_format, force=True)

@@ -90,7 +90,11 @@ class Engine:
         """The predictor for ``ref``, loaded once per resolved version and cached; ``kind``
         says, for the metrics, whether a load is a first use or a reload (a new production
         version)."""
-        key = self.resolve_ref(ref)
+        try:
+            key = self.resolve_ref(ref)
+        except Exception as exc:  # no production version, storage down: a load that failed
+            metrics.MODEL_LOADS.labels(ref, kind, "failed", type(exc).__name__).inc()
+            raise
         with self._lock:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
