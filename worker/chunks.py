@@ -105,7 +105,7 @@ def handle(message: ChunkMessage, jobs: JobStore, context: Callable[[], ChunkCon
     except Exception as exc:
         return _stall(message, jobs, exc)
     logger.error("job %s chunk %d: %s after %d retries; writing error lines", message.job,
-                 message.chunk, give_up, retries, extra=fields(message))
+                 message.chunk, give_up, retries, extra=log_fields(message))
     try:
         return Outcome("done", run_chunk(message, context(), give_up=give_up))
     except REDIS_ERRORS as exc:
@@ -118,10 +118,10 @@ def _stall(message: ChunkMessage, jobs: JobStore, exc: Exception) -> Outcome:
     """Record in the job that this chunk has no part, and why; requeue if even that fails."""
     if isinstance(exc, RstreamError):
         logger.error("job %s chunk %d stalled: %s", message.job, message.chunk, exc,
-                     extra=fields(message))
+                     extra=log_fields(message))
     else:  # not one of ours: a bug or a library surprise; keep the traceback
         logger.exception("job %s chunk %d stalled on an unexpected error", message.job,
-                         message.chunk, extra=fields(message))
+                         message.chunk, extra=log_fields(message))
     reason = f"{type(exc).__name__}: {exc}"
     try:
         jobs.record_failure(message.job, message.chunk, message.generation, reason)
@@ -167,7 +167,7 @@ def write_part(message: ChunkMessage, ctx: ChunkContext, lines: list[Line]) -> d
     if ctx.jobs.complete(message.job, message.chunk, message.generation, count_lines(part)):
         manifest = write_manifest(ctx.storage, ctx.jobs, message.job)
         logger.info("job %s finished: %d ok, %d failed", message.job, manifest["ok"],
-                    manifest["failed"], extra=fields(message))
+                    manifest["failed"], extra=log_fields(message))
     return summary
 
 
@@ -194,7 +194,7 @@ def _score(message: ChunkMessage, ctx: ChunkContext) -> list[Line]:
     except PermanentError as exc:  # the model cannot be resolved or loaded: no retry helps
         reason = f"{type(exc).__name__}: {exc}"
         if ctx.jobs.fail(message.job, reason):
-            logger.error("job %s failed: %s", message.job, reason, extra=fields(message))
+            logger.error("job %s failed: %s", message.job, reason, extra=log_fields(message))
             threading.Thread(target=finish_failed_job, args=(message, ctx, reason),
                              name=f"rstream-fail-{message.job}", daemon=True).start()
         return _error_lines(message, JobFailed(reason))
@@ -221,11 +221,11 @@ def finish_failed_job(message: ChunkMessage, ctx: ChunkContext, reason: str) -> 
                 written += 1
     except Exception:  # the queued messages still give these chunks their lines
         logger.exception("job %s: could not write the failed job's remaining parts now",
-                         message.job, extra=fields(message))
+                         message.job, extra=log_fields(message))
     return written
 
 
-def fields(message: ChunkMessage, model: str | None = None) -> Mapping[str, Any]:
+def log_fields(message: ChunkMessage, model: str | None = None) -> Mapping[str, Any]:
     """The structured fields of a chunk's log lines (``RSTREAM_LOG_FORMAT=json``)."""
     return chunk_fields(message.job, message.chunk, model or message.model,
                         generation=message.generation)

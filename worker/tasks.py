@@ -16,7 +16,7 @@ from shared.errors import InvalidMessage
 from shared.messages import ChunkMessage
 from shared.settings import Settings
 from worker import metrics
-from worker.chunks import REDIS_ERRORS, Outcome, fields, handle
+from worker.chunks import REDIS_ERRORS, Outcome, handle, log_fields
 from worker.process import ProcessState
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _dead_letter(state: ProcessState, task: Task, reason: str, message: object,
     except REDIS_ERRORS:
         logger.exception("could not keep the refused message in the dead-letter list")
     logger.error("chunk message %s refused and dead-lettered: %s", task.request.id, reason,
-                 extra=fields(chunk) if chunk else {})
+                 extra=log_fields(chunk) if chunk else {})
     metrics.count_chunk(chunk.model if chunk else "", "dead-lettered",
                         InvalidMessage.__name__)
 
@@ -84,7 +84,7 @@ def register(app: Celery, settings: Settings) -> ProcessState:
         if outcome.kind == "retry":
             assert outcome.error is not None
             logger.warning("job %s chunk %d: %s; retry in %.1f s", chunk.job, chunk.chunk,
-                           outcome.error, outcome.delay, extra=fields(chunk))
+                           outcome.error, outcome.delay, extra=log_fields(chunk))
             metrics.count_chunk(chunk.model, "retried", reason)
             _retry(self, outcome.error, outcome.delay)
         if outcome.kind == "requeue":
@@ -92,12 +92,12 @@ def register(app: Celery, settings: Settings) -> ProcessState:
             # back; while Redis is down even that fails, and the unacked message is
             # redelivered after the visibility timeout.
             logger.warning("job %s chunk %d: Redis unreachable (%s); requeued", chunk.job,
-                           chunk.chunk, outcome.error, extra=fields(chunk))
+                           chunk.chunk, outcome.error, extra=log_fields(chunk))
             metrics.count_chunk(chunk.model, "requeued", reason)
             raise Reject(str(outcome.error), requeue=True)
         logger.info("job %s chunk %d: %s", chunk.job, chunk.chunk,
                     outcome.summary or f"stalled: {outcome.error}",
-                    extra=fields(chunk, outcome.summary.get("model")))
+                    extra=log_fields(chunk, outcome.summary.get("model")))
         _count(chunk, outcome, time.monotonic() - started)
         return outcome.summary or {"chunk": chunk.chunk, "stalled": str(outcome.error)}
 
