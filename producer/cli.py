@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "anything but 127.0.0.1 needs RSTREAM_API_TOKENS")
     p.add_argument("--port", type=_positive, help="port (default: RSTREAM_API_PORT)")
     p.set_defaults(handler=_api)
+
+    p = commands.add_parser("exporter", help="serve the queues' metrics for Prometheus: "
+                            "run one per Redis (no torch needed)")
+    p.add_argument("--port", type=_positive, help="port of /metrics, /healthz and /readyz "
+                   "(default: RSTREAM_EXPORTER_PORT)")
+    p.set_defaults(handler=_lazy("exporter", "exporter_command"))
     return parser
 
 
@@ -253,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = Settings.from_env()
-        configure(settings.log_level)
+        configure(settings.log_level, settings.log_format)
         handler: Handler = args.handler
         return handler(args, settings)
     except RstreamError as exc:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from producer import monitor, training
 from producer.api_auth import Tokens, check_bind
-from producer.api_metrics import metrics_text
+from producer.api_metrics import metrics_text, registry_for
 from producer.submit import Client, check_model, resume, retry, submit_counted
 from shared import sources, workers
 from shared.connections import redis_problem
@@ -184,10 +184,12 @@ def _health_routes(app: FastAPI, ctx: _Context) -> None:
             return JSONResponse({"ready": False, "reason": absent}, status_code=503)
         return JSONResponse({"ready": True})
 
+    registry = registry_for(ctx.client.jobs)
+
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     def metrics() -> PlainTextResponse:
-        """Jobs by state, queue depth per queue, the age of the oldest queued chunk."""
-        text, content_type = metrics_text(ctx.client.jobs)
+        """Jobs by state, queue depth per queue, the age of the chunk next in line."""
+        text, content_type = metrics_text(registry)
         return PlainTextResponse(text, media_type=content_type)
 
 

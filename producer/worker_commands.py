@@ -13,7 +13,7 @@ from shared.errors import ConfigError
 from shared.settings import Settings
 
 # What the ``worker`` extra installs, as import names.
-WORKER_MODULES = ("torch", "torchvision", "safetensors", "numpy", "PIL", "prometheus_client")
+WORKER_MODULES = ("torch", "torchvision", "safetensors", "numpy", "PIL")
 
 
 def require_worker_extra(command: str) -> None:

@@ -54,6 +54,10 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
         task_queues=(Queue(INFER_QUEUE), Queue(TRAIN_QUEUE)),
         task_routes={INFER_TASK: {"queue": INFER_QUEUE}, FINETUNE_TASK: {"queue": TRAIN_QUEUE}},
         worker_hijack_root_logger=True,
+        # Task events, so that Flower (and `celery events`) show the chunks as they are sent,
+        # received, started and finished, without enabling them by remote control.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         enable_utc=True,
         timezone="UTC",
     )
@@ -71,6 +75,10 @@ def unacked_mutex_expire(settings: Settings) -> int:
     """Seconds the restore lock lives: long enough for one restore pass (a few Redis calls),
     short enough that a worker killed while holding it delays redelivery by little."""
     return max(5, min(30, settings.visibility_timeout // 4))
+
+
+# kombu's Redis transport keeps the messages delivered and not acknowledged yet in this hash.
+UNACKED_KEY = "unacked"
 
 
 def queue_keys(queue: str) -> list[str]:

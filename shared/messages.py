@@ -14,7 +14,7 @@ from typing import Any
 
 from shared import modelref
 from shared.errors import ConfigError, InvalidMessage, RstreamError
-from shared.jobs import check_job_id
+from shared.jobs import JOB_RE, check_job_id
 
 MAX_URIS = 10_000  # RSTREAM_CHUNK_SIZE's upper bound
 MAX_URI_LENGTH = 4096
@@ -22,6 +22,7 @@ MAX_CHUNK = 10_000_000
 MAX_GENERATION = 10_000
 _FIELDS = frozenset({"job", "chunk", "uris", "model", "results", "generation"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TASK_ID_RE = re.compile(r"(?P<job>[^:]+):(?P<chunk>[0-9]{1,8}):(?P<generation>[0-9]{1,5})")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class ChunkMessage:
     def task_id(self) -> str:
         """Deterministic: the same chunk sent twice is the same task."""
         return f"{self.job}:{self.chunk}:{self.generation}"
+
+    @staticmethod
+    def parse_task_id(task_id: object) -> tuple[str, int, int] | None:
+        """(job, chunk, generation) of a :attr:`task_id`; None for anything else."""
+        match = _TASK_ID_RE.fullmatch(task_id) if isinstance(task_id, str) else None
+        if match is None or not JOB_RE.fullmatch(match["job"]):
+            return None
+        return match["job"], int(match["chunk"]), int(match["generation"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -107,6 +107,17 @@ def count_lines(lines: Iterable[Line]) -> dict[str, Any]:
     return {"ok": ok, "failed": failed, "models": dict(models)}
 
 
+def failure_reasons(lines: Iterable[Line]) -> dict[str, int]:
+    """How many lines failed with each error class (the ``error.type`` of the line)."""
+    return dict(Counter(str(line["error"]["type"]) for line in lines if not line["ok"]))
+
+
+def scored_by(lines: Iterable[Line]) -> str | None:
+    """The model id named by the lines (a chunk's lines name one), or None when no image
+    reached a model."""
+    return next((str(line["model"]) for line in lines if line.get("model")), None)
+
+
 def replace_lines(existing: Iterable[Line], retried: Iterable[Line]) -> list[Line]:
     """``existing`` with the lines of the retried URIs replaced in place.
 

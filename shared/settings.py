@@ -23,6 +23,7 @@ from shared.errors import ConfigError, RstreamError
 ENV_PREFIX = "RSTREAM_"
 
 Parser = Callable[[str], Any]
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
 
 
 def _setting(default: Any, doc: str, parse: Parser, fix: str) -> Any:
@@ -169,16 +170,6 @@ def _optional_path(raw: str) -> str:
     return value
 
 
-def _host(raw: str) -> str:
-    value = raw.strip()
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if value != "localhost":
-            raise ValueError("not an IP address") from None
-    return value
-
-
 def _cron(raw: str) -> str:
     value = " ".join(raw.split())
     if len(value.split(" ")) != 5:
@@ -188,6 +179,16 @@ def _cron(raw: str) -> str:
     minute, hour, day, month, weekday = value.split(" ")
     crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
             day_of_week=weekday)  # raises ValueError on a field it cannot parse
+    return value
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME_RE.fullmatch(value):
+            raise ValueError("not an IP address or host name") from None
     return value
 
 
@@ -308,11 +309,24 @@ class Settings:
         6 * 3600, "Hard time limit of one fine-tune task in seconds.", _int(60),
         "use an integer >= 60")
     metrics_port: int = _setting(
-        0, "Port of a worker's Prometheus /metrics endpoint (rstream worker adds 1 per extra "
-        "process); 0 turns it off.", _int(0, 65535), "use a port number, or 0 for none")
+        0, "Port of a worker's /metrics, /healthz and /readyz endpoints (rstream worker adds 1 "
+        "per extra process); 0 turns them off.", _int(0, 65535),
+        "use a port number, or 0 for none")
+    metrics_host: str = _setting(
+        "127.0.0.1", "Address the worker endpoints and rstream exporter listen on; 0.0.0.0 "
+        "for every interface.", _host, "use an IP address such as 127.0.0.1 or 0.0.0.0")
+    exporter_port: int = _setting(
+        9808, "Port of rstream exporter's /metrics (queue depth, oldest queued chunk).",
+        _int(1, 65535), "use a port number from 1 to 65535")
+    wedge_timeout: float = _setting(
+        300.0, "Seconds the model thread may spend on one batch, or leave images waiting, "
+        "before /healthz reports it wedged.", _float(1.0), "use a number of seconds >= 1")
     log_level: str = _setting(
         "info", "Logging level.", _choice("debug", "info", "warning", "error"),
         "use debug, info, warning or error")
+    log_format: str = _setting(
+        "text", "text (one readable line per record) or json (one JSON object per line).",
+        _choice("text", "json"), "use text or json")
     api_host: str = _setting(
         "127.0.0.1", "Address `rstream api` listens on; anything but 127.0.0.1 needs tokens.",
         _host, "use an IP address such as 127.0.0.1 or 0.0.0.0")

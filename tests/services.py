@@ -8,6 +8,7 @@ benchmarks into an exit with the message.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,9 +17,14 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.constants import INFER_QUEUE
 from shared.settings import Settings
@@ -27,6 +33,32 @@ from worker.launcher import worker_command
 REPO = Path(__file__).resolve().parents[1]
 REDIS_START_TIMEOUT_S = 10.0
 WORKER_READY_TIMEOUT_S = 120.0
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    """The Prometheus samples at ``url`` (a /metrics endpoint), by name and label set."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 when it is absent (a counter not incremented yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """(status, body) of a GET, 4xx and 5xx included; a JSON body comes back parsed."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            status, raw, kind = response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as exc:
+        status, raw, kind = exc.code, exc.read(), exc.headers["Content-Type"]
+    return status, json.loads(raw) if kind == "application/json" else raw.decode()
 
 
 class ServiceUnavailable(Exception):
@@ -151,15 +183,17 @@ class WorkerProcess:
     start it (the command line comes from :func:`worker.launcher.worker_command`).
 
     ``supervised=True`` starts ``rstream worker --cpu`` itself: the launcher that restarts a
-    worker process that dies. ``app`` names another Celery app module (the benchmarks add a
-    stats command to rstream's own). ``omp_threads`` caps torch's CPU threads unless the
-    environment already does (None: torch's default).
+    worker process that dies. ``by_hand=True`` starts ``celery -A APP worker -n NAME@%h`` and
+    nothing more, as a person would (pool, concurrency, queues and logging are the app's
+    defaults). ``app`` names another Celery app module (the benchmarks add a stats command to
+    rstream's own). ``omp_threads`` caps torch's CPU threads unless the environment already
+    does (None: torch's default).
     """
 
     def __init__(self, settings: Settings, log_path: Path, name: str, *,
                  queue: str = INFER_QUEUE, concurrency: int = 2, app: str = "worker.app",
                  extra_env: dict[str, str] | None = None, supervised: bool = False,
-                 omp_threads: int | None = 2) -> None:
+                 by_hand: bool = False, omp_threads: int | None = 2) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
         env.update(settings.as_env())
         env["PYTHONUNBUFFERED"] = "1"
@@ -175,6 +209,8 @@ class WorkerProcess:
         if supervised:
             env["RSTREAM_CONCURRENCY"] = str(concurrency)
             command = [command[0], "-m", "producer.cli", "worker", "--cpu"]
+        if by_hand:
+            command = [command[0], "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h"]
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 

@@ -64,6 +64,7 @@ class Batcher:
         self._closed = False
         self._stats = {"images": 0, "batches": 0, "failed_batches": 0,
                        "forward_s": 0.0, "queue_wait_s": 0.0}
+        self._working: tuple[float, int, str] | None = None  # (since, images, model) in forward
         self._thread = threading.Thread(target=self._run, name="rstream-batcher", daemon=True)
         self._thread.start()
 
@@ -116,6 +117,33 @@ class Batcher:
         stats["mean_batch"] = stats["images"] / stats["batches"] if stats["batches"] else 0.0
         return stats
 
+    def liveness(self, wedge_after_s: float) -> tuple[bool, dict[str, Any]]:
+        """Whether the model thread makes progress: False when it died, has spent more than
+        ``wedge_after_s`` on one batch, or has left images waiting that long; with details
+        for ``/healthz``."""
+        now = time.monotonic()
+        with self._cond:
+            working = self._working
+            oldest = min((queue[0].submitted for queue in self._queues.values()), default=None)
+            waiting = sum(len(queue) for queue in self._queues.values())
+            closed = self._closed
+        if not self._thread.is_alive():
+            return closed, {"model_thread": "stopped" if closed else "died"}
+        if working is not None:
+            since, images, model = working
+            busy = now - since
+            detail = f"forward of {images} images on {model} for {busy:.1f} s"
+            if busy > wedge_after_s:
+                return False, {"model_thread": f"wedged: {detail} (limit {wedge_after_s:g} s)",
+                               "waiting_images": waiting}
+            return True, {"model_thread": f"working: {detail}", "waiting_images": waiting}
+        if oldest is not None and now - oldest > wedge_after_s + self.max_delay:
+            return False, {"model_thread": f"wedged: {waiting} images waiting for "
+                           f"{now - oldest:.1f} s and none taken (limit {wedge_after_s:g} s)",
+                           "waiting_images": waiting}
+        return True, {"model_thread": "idle" if oldest is None else "batching",
+                      "waiting_images": waiting}
+
     def close(self) -> None:
         """Refuse new images, finish every image already submitted, then stop the thread."""
         with self._cond:
@@ -160,6 +188,8 @@ class Batcher:
             return
         predictor = live[0].predictor
         start = time.monotonic()
+        with self._cond:
+            self._working = (start, len(live), predictor.model_id)
         try:
             tops = predictor.predict(predictor.collate([item.image for item in live]))
         except Exception as exc:
@@ -176,7 +206,10 @@ class Batcher:
     def _count(self, live: list[_Item], start: float, *, failed: bool) -> None:
         metrics.BATCH_SIZE.observe(len(live))
         metrics.FORWARD_SECONDS.observe(time.monotonic() - start)
+        for item in live:
+            metrics.QUEUE_WAIT_SECONDS.observe(start - item.submitted)
         with self._cond:
+            self._working = None
             self._stats["images"] += len(live)
             self._stats["batches"] += 1
             self._stats["failed_batches"] += int(failed)

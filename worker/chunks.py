@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from shared.errors import (
 )
 from shared.inputs import InputRecord
 from shared.jobs import CANCELLED, FAILED, Job, JobStore
+from shared.logs import chunk_fields
 from shared.manifest import write_manifest
 from shared.messages import ChunkMessage
 from shared.results import (
@@ -43,9 +44,11 @@ from shared.results import (
     count_lines,
     encode,
     error_line,
+    failure_reasons,
     part_uri,
     read_part,
     replace_lines,
+    scored_by,
 )
 from shared.storage import Storage
 
@@ -102,7 +105,7 @@ def handle(message: ChunkMessage, jobs: JobStore, context: Callable[[], ChunkCon
     except Exception as exc:
         return _stall(message, jobs, exc)
     logger.error("job %s chunk %d: %s after %d retries; writing error lines", message.job,
-                 message.chunk, give_up, retries)
+                 message.chunk, give_up, retries, extra=log_fields(message))
     try:
         return Outcome("done", run_chunk(message, context(), give_up=give_up))
     except REDIS_ERRORS as exc:
@@ -114,10 +117,11 @@ def handle(message: ChunkMessage, jobs: JobStore, context: Callable[[], ChunkCon
 def _stall(message: ChunkMessage, jobs: JobStore, exc: Exception) -> Outcome:
     """Record in the job that this chunk has no part, and why; requeue if even that fails."""
     if isinstance(exc, RstreamError):
-        logger.error("job %s chunk %d stalled: %s", message.job, message.chunk, exc)
+        logger.error("job %s chunk %d stalled: %s", message.job, message.chunk, exc,
+                     extra=log_fields(message))
     else:  # not one of ours: a bug or a library surprise; keep the traceback
         logger.exception("job %s chunk %d stalled on an unexpected error", message.job,
-                         message.chunk)
+                         message.chunk, extra=log_fields(message))
     reason = f"{type(exc).__name__}: {exc}"
     try:
         jobs.record_failure(message.job, message.chunk, message.generation, reason)
@@ -150,18 +154,21 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
 
 def write_part(message: ChunkMessage, ctx: ChunkContext, lines: list[Line]) -> dict[str, Any]:
     """Write the chunk's part (a retry replaces its URIs' lines), record it, and write the
-    manifest if that finished the job."""
+    manifest if that finished the job. The summary counts ``lines``: what this task wrote,
+    with the model that scored them and the failures by error class."""
     assert len(lines) == len(message.uris), "one result line per URI"
-    uri = part_uri(message.results, message.job, message.chunk)
-    if message.generation > 0:
-        lines = replace_lines(read_part(ctx.storage, uri), lines)
-    ctx.storage.write(uri, encode(lines))
     counts = count_lines(lines)
-    if ctx.jobs.complete(message.job, message.chunk, message.generation, counts):
+    summary = {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"],
+               "model": scored_by(lines) or message.model, "errors": failure_reasons(lines)}
+    uri = part_uri(message.results, message.job, message.chunk)
+    part = replace_lines(read_part(ctx.storage, uri), lines) if message.generation > 0 \
+        else lines
+    ctx.storage.write(uri, encode(part))
+    if ctx.jobs.complete(message.job, message.chunk, message.generation, count_lines(part)):
         manifest = write_manifest(ctx.storage, ctx.jobs, message.job)
         logger.info("job %s finished: %d ok, %d failed", message.job, manifest["ok"],
-                    manifest["failed"])
-    return {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"]}
+                    manifest["failed"], extra=log_fields(message))
+    return summary
 
 
 def check_against_record(message: ChunkMessage, jobs: JobStore) -> Job:
@@ -187,7 +194,7 @@ def _score(message: ChunkMessage, ctx: ChunkContext) -> list[Line]:
     except PermanentError as exc:  # the model cannot be resolved or loaded: no retry helps
         reason = f"{type(exc).__name__}: {exc}"
         if ctx.jobs.fail(message.job, reason):
-            logger.error("job %s failed: %s", message.job, reason)
+            logger.error("job %s failed: %s", message.job, reason, extra=log_fields(message))
             threading.Thread(target=finish_failed_job, args=(message, ctx, reason),
                              name=f"rstream-fail-{message.job}", daemon=True).start()
         return _error_lines(message, JobFailed(reason))
@@ -214,8 +221,14 @@ def finish_failed_job(message: ChunkMessage, ctx: ChunkContext, reason: str) -> 
                 written += 1
     except Exception:  # the queued messages still give these chunks their lines
         logger.exception("job %s: could not write the failed job's remaining parts now",
-                         message.job)
+                         message.job, extra=log_fields(message))
     return written
+
+
+def log_fields(message: ChunkMessage, model: str | None = None) -> Mapping[str, Any]:
+    """The structured fields of a chunk's log lines (``RSTREAM_LOG_FORMAT=json``)."""
+    return chunk_fields(message.job, message.chunk, model or message.model,
+                        generation=message.generation)
 
 
 def _error_lines(message: ChunkMessage, exc: BaseException) -> list[Line]:

@@ -25,7 +25,7 @@ from shared.registry import Registry
 from shared.results import Line, error_line, ok_line
 from shared.settings import Settings
 from shared.storage import Storage
-from worker import metrics
+from worker import metrics, nvml
 from worker.batcher import Batcher, Prediction
 from worker.device import resolve_device
 from worker.models import load_model
@@ -53,8 +53,10 @@ class Engine:
         self._lock = threading.Lock()
         self._predictors: OrderedDict[str, Predictor] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
-        self._production = ProductionTracker(registry, settings.reload_interval,
-                                             self.predictor_for)
+        self._production = ProductionTracker(
+            registry, settings.reload_interval,
+            lambda ref: self.predictor_for(ref, kind="reload"))
+        nvml.watch(self.device)
         logger.info("engine on %s, precision %s, batches of up to %d images",
                     self.device, settings.precision, settings.max_batch)
 
@@ -84,9 +86,15 @@ class Engine:
                 lines.append(_line(uri, next(futures), predictor.model_id))
         return lines
 
-    def predictor_for(self, ref: str) -> Predictor:
-        """The predictor for ``ref``, loaded once per resolved version and cached."""
-        key = self.resolve_ref(ref)
+    def predictor_for(self, ref: str, *, kind: str = "load") -> Predictor:
+        """The predictor for ``ref``, loaded once per resolved version and cached; ``kind``
+        says, for the metrics, whether a load is a first use or a reload (a new production
+        version)."""
+        try:
+            key = self.resolve_ref(ref)
+        except Exception as exc:  # no production version, storage down: a load that failed
+            metrics.MODEL_LOADS.labels(ref, kind, "failed", type(exc).__name__).inc()
+            raise
         with self._lock:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
@@ -96,15 +104,17 @@ class Engine:
             with self._lock:
                 predictor = self._predictors.get(key)
             if predictor is None:
-                predictor = self._load(key)
+                predictor = self._load(key, kind)
             with self._lock:
                 self._predictors[key] = predictor
                 self._loading.pop(key, None)
-                metrics.SERVING.labels(predictor.model_id).set(1)
+                metrics.MODEL_INFO.labels(predictor.model_id).info({
+                    "device": str(self.device), "backend": self.settings.backend,
+                    "precision": predictor.precision})
                 while len(self._predictors) > CACHED_PREDICTORS:
                     _, evicted = self._predictors.popitem(last=False)
                     with contextlib.suppress(KeyError):  # two refs may name one version
-                        metrics.SERVING.remove(evicted.model_id)
+                        metrics.MODEL_INFO.remove(evicted.model_id)
         return predictor
 
     def resolve_ref(self, ref: str) -> str:
@@ -131,19 +141,30 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _load(self, ref: str) -> Predictor:
+    def _load(self, ref: str, kind: str) -> Predictor:
         start = time.monotonic()
-        loaded = load_model(ref, self.registry)
-        predictor = make_predictor(self.settings.backend, loaded, self.device,
-                                   self.settings.precision, self.settings.topk)
-        logger.info("loaded %s on %s in %.2fs", predictor.model_id, self.device,
-                    time.monotonic() - start)
+        try:
+            loaded = load_model(ref, self.registry)
+            predictor = make_predictor(self.settings.backend, loaded, self.device,
+                                       self.settings.precision, self.settings.topk)
+        except Exception as exc:
+            metrics.MODEL_LOADS.labels(ref, kind, "failed", type(exc).__name__).inc()
+            raise
+        seconds = time.monotonic() - start
+        metrics.MODEL_LOADS.labels(ref, kind, "ok", "").inc()
+        metrics.MODEL_LOAD_SECONDS.observe(seconds)
+        logger.info("loaded %s on %s in %.2fs", predictor.model_id, self.device, seconds)
         return predictor
 
     def _fetch_decode(self, uri: str, spec: Preprocessing) -> Tensor | Exception:
         try:
+            start = time.monotonic()
             data = self.storage.read(uri, self.settings.max_object_bytes)
-            return decode_image(data, spec, self.settings.max_image_pixels)
+            read = time.monotonic()
+            metrics.FETCH_SECONDS.observe(read - start)
+            image = decode_image(data, spec, self.settings.max_image_pixels)
+            metrics.DECODE_SECONDS.observe(time.monotonic() - read)
+            return image
         except RstreamError as exc:
             return exc
         except Exception as exc:  # a bug or a library surprise fails one image, not the call

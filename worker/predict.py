@@ -61,6 +61,12 @@ class Predictor:
     def __repr__(self) -> str:
         return f"Predictor({self.model_id!r}, {self.device}, {self.dtype or 'fp32'})"
 
+    @property
+    def precision(self) -> str:
+        """fp16, bf16 (autocast) or fp32, as RSTREAM_PRECISION names them."""
+        names = {dtype: name for name, dtype in _AUTOCAST_DTYPES.items()}
+        return names.get(self.dtype, "fp32") if self.dtype is not None else "fp32"
+
     def collate(self, images: Sequence[Tensor]) -> Tensor:
         """Stack ``[3, H, W]`` images into one batch, in pinned memory when serving CUDA."""
         first = images[0]

@@ -13,7 +13,7 @@ from shared.results import part_uris
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.integration.test_pipeline import pipeline_settings
-from tests.services import WorkerProcess
+from tests.services import WorkerProcess, free_port, sample, scrape
 from worker.samples import write_samples
 
 
@@ -37,7 +37,8 @@ def versions_by_part(client: Client, job: str) -> dict[int, set[str]]:
 def test_worker_serves_a_new_promotion_without_restart_and_never_mixes_a_chunk(
         redis_server: str, tmp_path: Path) -> None:
     settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/5", tmp_path / "root",
-                                 chunk_size=8, max_batch=8, reload_interval=0.2)
+                                 chunk_size=8, max_batch=8, reload_interval=0.2,
+                                 metrics_port=free_port())
     client = Client(settings)
     client.jobs.redis.flushdb()
     registry = Registry(client.storage, settings.models)
@@ -68,6 +69,15 @@ def test_worker_serves_a_new_promotion_without_restart_and_never_mixes_a_chunk(
                                                                    after)}
         assert served_after == {f"hot@{second}"}, "the old version keeps serving"
         assert client.jobs.get(after).failed == 0
+        metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+        loads = {(dict(labels)["model"], dict(labels)["kind"], dict(labels)["result"],
+                  dict(labels)["reason"]): value for (name, labels), value in metrics.items()
+                 if name == "rstream_model_loads_total"}
+        assert loads[(f"hot@{first}", "load", "ok", "")] == 1
+        assert loads[(f"hot@{second}", "reload", "ok", "")] == 1
+        assert loads[(f"hot@{broken}", "reload", "failed", "ModelError")] == 1, loads
+        assert sample(metrics, "rstream_model_info", model=f"hot@{second}", device="cpu",
+                      backend="eager", precision="fp32") == 1
 
         # A torn or hand-edited production.json while chunks are queued: the current version
         # goes on serving them.

@@ -235,9 +235,9 @@ def test_health_readiness_and_metrics(stack: dict[str, Any]) -> None:
     with stack["open"].client() as http:
         assert http.get("/readyz").json() == {"ready": True}
         text = http.get("/metrics").text
-    assert 'rstream_queue_chunks{queue="infer"}' in text
-    assert "rstream_queue_oldest_chunk_age_seconds" in text
-    assert 'rstream_jobs{state="done"}' in text
+    assert 'rstream_queue_depth{queue="infer"}' in text
+    assert 'rstream_queue_oldest_age_seconds{queue="infer"}' in text
+    assert 'rstream_jobs{state="done"}' in text and "rstream_redis_up 1.0" in text
 
 
 def test_the_api_refuses_to_serve_the_network_without_tokens(stack: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -38,21 +37,21 @@ from shared.settings import Settings
 from shared.storage import Storage, join
 from tests.conftest import make_settings
 from tests.integration.pipeline_data import good_images, write_dataset
-from tests.services import WorkerProcess, free_port
+from tests.services import WorkerProcess, free_port, http_get, sample, scrape
 
 WAIT_S = 240.0
 
 
-def save_tiny_model(settings: Settings) -> str:
+def save_tiny_model(settings: Settings, name: str = "tiny") -> str:
     from worker.models import load_model, save_model
     from worker.preprocess import Preprocessing
 
     loaded = load_model("random:resnet18:classes=10:seed=1")
     registry = Registry(Storage(settings), settings.models)
-    version = save_model(registry, "tiny", loaded.module, arch="resnet18",
+    version = save_model(registry, name, loaded.module, arch="resnet18",
                          classes=[f"digit-{i}" for i in range(10)],
                          preprocessing=Preprocessing(resize=72, crop=64))
-    return f"tiny@{version}"
+    return f"{name}@{version}"
 
 
 def pipeline_settings(redis_url: str, root: Path, **overrides: Any) -> Settings:
@@ -350,33 +349,42 @@ def test_an_output_location_that_cannot_be_written_is_refused_at_submit(
     assert not client.jobs.exists(prefix.strip("/")), "no job was left behind"
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's /metrics as {"name{labels}": value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
-def test_worker_metrics_count_images_chunks_and_batches(env: tuple[Settings, str]) -> None:
+def test_worker_metrics_name_the_model_and_each_failure_reason(
+        env: tuple[Settings, str]) -> None:
     settings, model = env
     client = Client(settings)
-    before = scrape(settings.metrics_port)
+    url = f"http://127.0.0.1:{settings.metrics_port}"
+    before = scrape(f"{url}/metrics")
     prefix = f"metrics-{uuid.uuid4().hex[:6]}/"
     uris = write_dataset(client.storage, prefix, good=22)  # 32 images: 2 chunks of 16
-    run_job(client, prefix, model)
-    after = scrape(settings.metrics_port)
+    job = run_job(client, prefix, model)
+    after = scrape(f"{url}/metrics")
 
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
 
-    assert delta('rstream_images_total{result="ok"}') == 22
-    assert delta('rstream_images_total{result="failed"}') == 10
-    assert delta('rstream_chunks_total{outcome="done"}') == len(uris) // 16
+    failed = Counter(line["error"]["type"] for line in monitor.results(
+        client.jobs, client.storage, job) if not line["ok"])
+    assert sum(failed.values()) == 10 and "ImageError" in failed
+    assert delta("rstream_images_total", model=model, result="ok", reason="") == 22
+    for reason, count in failed.items():
+        assert delta("rstream_images_total", model=model, result="failed", reason=reason) == \
+            count, reason
+    assert delta("rstream_chunks_total", model=model, outcome="done", reason="") == \
+        len(uris) // 16
+    assert delta("rstream_fetch_seconds_count") == 32, "every object was read"
+    assert delta("rstream_decode_seconds_count") == 22, "the good ones decoded"
+    assert delta("rstream_queue_wait_seconds_count") == 22, "each good image waited for a batch"
     assert delta("rstream_batch_images_sum") == 22, "every good image went through a batch"
     assert delta("rstream_forward_seconds_count") >= 1
-    assert after[f'rstream_model_serving{{version="{model}"}}'] == 1
+    assert sample(after, "rstream_model_info", model=model, device="cpu", backend="eager",
+                  precision="fp32") == 1
+    assert sample(after, "rstream_model_loads_total", model=model, kind="load", result="ok",
+                  reason="") == 1, "loaded once by this process, whatever ran before"
+    assert not any(name == "rstream_model_serving" for name, _ in after)
+
+    assert http_get(f"{url}/healthz") == (200, {"ok": True, "model_thread": "idle",
+                                                "waiting_images": 0})
+    status, ready = http_get(f"{url}/readyz")
+    assert status == 200 and ready["broker"] == "connected", ready
+    assert http_get(f"{url}/")[0] == http_get(f"{url}/metrics/x")[0] == 404

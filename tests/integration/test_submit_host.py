@@ -14,8 +14,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import in_ci, service_unavailable
 from tests.integration.test_pipeline import pipeline_settings
-from tests.services import REPO, WorkerProcess
+from tests.services import REPO, WorkerProcess, free_port, sample, scrape
 
 INSTALL_TIMEOUT_S = 600
 
@@ -78,13 +80,16 @@ class Host:
     def __init__(self, venv: Path, settings: Settings, cwd: Path) -> None:
         self.venv, self.settings, self.cwd = venv, settings, cwd
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RSTREAM_", "PYTHON", "VIRTUAL_ENV"))}
         env.update(self.settings.as_env())
         env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"
+        return env
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(self.venv / "bin" / "rstream"), *args], cwd=self.cwd,
-                              env=env, capture_output=True, text=True, timeout=timeout,
+                              env=self.env(), capture_output=True, text=True, timeout=timeout,
                               check=False)
 
     def python(self, code: str) -> subprocess.CompletedProcess[str]:
@@ -144,6 +149,29 @@ def test_models_and_train_commands(host: Host) -> None:
     train = host.run("train", "--name", "cats")  # no trainer runs: queued, not waited for
     assert train.returncode == 0, train.stderr
     assert train.stdout.startswith("train-")
+
+
+def test_the_exporter_serves_queue_metrics_without_torch(host: Host) -> None:
+    port = free_port()
+    exporter = subprocess.Popen([str(host.venv / "bin" / "rstream"), "exporter", "--port",
+                                 str(port)], cwd=host.cwd, env=host.env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                metrics = scrape(f"http://127.0.0.1:{port}/metrics")
+                break
+            except OSError:
+                assert exporter.poll() is None, exporter.communicate()[1]
+                assert time.monotonic() < deadline, "the exporter never answered"
+                time.sleep(0.2)
+        assert sample(metrics, "rstream_redis_up") == 1
+        assert ("rstream_queue_depth", frozenset({("queue", "infer")})) in metrics
+    finally:
+        exporter.send_signal(signal.SIGTERM)
+        _, stderr = exporter.communicate(timeout=30)
+    assert exporter.returncode == 0, stderr
 
 
 @pytest.mark.parametrize("command", [["score", "photos"], ["worker"], ["samples", "x"]])
