@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from producer import monitor
 from producer.submit import Client, Sent, resume, retry, submit_counted
+from producer.watches import WatchRecord
 from shared import deadletters, workers
 from shared.constants import INFER_QUEUE
 from shared.errors import RstreamError
@@ -75,6 +76,10 @@ def _continue_hint(client: Client, job: str) -> str:
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings)
+    if args.job is None:
+        from producer.watch_commands import print_watches
+
+        return print_watches(client, args.json)
     state = monitor.status(client.jobs, args.job)
     if args.json:
         print(json.dumps(state.as_dict(), indent=2, default=str))
@@ -97,6 +102,11 @@ def _explain(client: Client, job: Job, settings: Settings) -> list[str]:
         lines.append(f"submission stopped after {job.images} of {job.listed_images} recorded "
                      f"images were sent ({job.submit_error}): run the same submit again, or "
                      f"`rstream resume {job.id}`, to continue")
+    elif job.submitting and job.watch:
+        until = WatchRecord(client.jobs.redis, job.watch).open_windows().get(job.id)
+        lines.append(f"an open window of watch {job.watch}"
+                     + (f", until {datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC" if until
+                        else "") + f": {job.listed_images} images recorded so far")
     elif job.submitting:
         lines.append(f"still submitting: {job.listed_images} images recorded so far")
     if job.status == FAILED:

@@ -57,3 +57,7 @@ class ObjectTooLarge(PermanentError):
 class JobFailed(PermanentError):
     """Raised for the images of a job that failed as a whole (its model cannot be loaded);
     the message is the job's reason."""
+
+
+class WatchLockLost(PermanentError):
+    """Raised when a watcher finds that another watcher holds its watch's lock: it stops."""
