@@ -32,7 +32,7 @@ from shared.errors import RstreamError, WatchLockLost
 
 logger = logging.getLogger(__name__)
 
-REPORT_EVERY_S = 1.0  # the lag is measured at most this often
+REPORT_EVERY_S = 1.0  # how often the lag is measured while the watcher runs
 MAX_BACKOFF_S = 30.0
 
 
@@ -65,7 +65,6 @@ class Watcher:
                                metrics=self.metrics, clock=clock)
         self.feed = self._feed()
         self.heartbeat = Heartbeat(self.record)
-        self._reported = 0.0
         self._failed = False
 
     def _feed(self) -> Feed:
@@ -81,6 +80,8 @@ class Watcher:
         """Open the watch, then pass after pass until told to stop; close it."""
         try:
             self.open()
+            threading.Thread(target=self._keep_reporting, name="rstream-watch-lag",
+                             daemon=True).start()
             failures = 0
             while not self.stop.is_set():
                 failures = 0 if self.step() else failures + 1
@@ -124,7 +125,8 @@ class Watcher:
                 self.windows.recover()
             self.windows.close_ended()
             self.feed.run_pass(self.windows)
-            self._report()
+            self.record.note_pass(self.clock())
+            self.report()
         except (redis.ConnectionError, redis.TimeoutError, RstreamError) as exc:
             if isinstance(exc, WatchLockLost):
                 raise
@@ -146,12 +148,18 @@ class Watcher:
             pass
         logger.info("watch %s: stopped", self.spec.name)
 
-    def _report(self) -> None:
-        now = self.clock()
-        if now - self._reported < REPORT_EVERY_S:
-            return
-        self._reported = now
-        lag_s, waiting = self.record.lag(self.client.jobs, now)
+    def report(self) -> None:
+        """Measure the lag and count the open windows: for the metrics and ``rstream
+        status``. After each pass, and every REPORT_EVERY_S in :meth:`run` (in a thread:
+        also while a pass waits for room in the queue, when the lag matters most)."""
+        lag_s, waiting = self.record.lag(self.client.jobs, self.clock())
         windows = len(self.record.open_windows())
         self.metrics.report(lag_s, waiting, windows)
-        self.record.note_pass(now, lag_s, waiting)
+        self.record.note_lag(lag_s, waiting)
+
+    def _keep_reporting(self) -> None:
+        while not self.stop.wait(REPORT_EVERY_S):
+            try:
+                self.report()
+            except redis.RedisError as exc:
+                logger.debug("watch %s: lag not measured: %s", self.spec.name, exc)

@@ -245,9 +245,11 @@ class WatchRecord:
             self.redis.hdel(self.pending_key, *settled)
         return max(0.0, now - oldest), waiting
 
-    def note_pass(self, now: float, lag_s: float, waiting: int) -> None:
-        self.redis.hset(self.key, mapping={"last_pass_at": now, "lag_s": round(lag_s, 3),
-                                           "waiting": waiting})
+    def note_pass(self, now: float) -> None:
+        self.redis.hset(self.key, "last_pass_at", now)
+
+    def note_lag(self, lag_s: float, waiting: int) -> None:
+        self.redis.hset(self.key, mapping={"lag_s": round(lag_s, 3), "waiting": waiting})
 
     def describe(self, jobs: JobStore) -> dict[str, Any]:
         """What ``rstream status`` shows: options, whether a watcher runs it, its open
