@@ -1,7 +1,7 @@
 """Watch mode in steady state: the lag when images land at half the workers' throughput.
 
     .venv/bin/python -m bench.watch_lag [--duration 120] [--warm-up 30] [--size 500x375]
-                                        [--workers 1] [--interval 1] [--out FILE]
+                                        [--workers 1] [--interval 1] [--tiny] [--out FILE]
 
 A private ``redis-server``, local storage, ``--workers`` real worker processes and the
 watcher as a process (``python -m producer.cli watch landing/ --metrics-port P``).
@@ -14,6 +14,10 @@ watcher as a process (``python -m producer.cli watch landing/ --metrics-port P``
    ``rstream_watch_objects_total``).
 3. Then, once every image is scored: each image's latency, from its write to the write of the
    result part that holds its line (the part file's mtime).
+
+``--tiny`` serves a resnet18 with a 64 px input from the registry instead of
+``random:resnet18`` at 224 px: the workers are about ten times faster, so the watcher itself
+(a full listing of the growing folder each pass) is what is measured.
 
 Prints JSON: the throughput, the arrival rate, the lag gauge and the per-image latency
 (median, p95, max) over the steady state (after ``--warm-up`` seconds), the objects/s the
@@ -35,8 +39,10 @@ from typing import Any
 from bench.services import machine, redis_server, start_worker
 from producer import monitor
 from producer.submit import Client, submit
+from shared.registry import Registry
 from shared.results import part_uris, read_part
 from shared.settings import Settings
+from shared.storage import Storage
 from tests.services import WatcherProcess, free_port
 from worker.samples import variants
 
@@ -49,13 +55,24 @@ def scrape(port: int) -> dict[str, float]:
     return {name: float(value) for name, value in METRIC.findall(text.decode())}
 
 
-def throughput(client: Client, blobs: list[bytes], probe: int) -> float:
+def publish_tiny(settings: Settings) -> str:
+    from worker.models import load_model, save_model
+    from worker.preprocess import Preprocessing
+
+    registry = Registry(Storage(settings), settings.models)
+    loaded = load_model("random:resnet18:classes=10:seed=1")
+    version = save_model(registry, "tiny", loaded.module, arch="resnet18",
+                         classes=[f"c{i}" for i in range(10)],
+                         preprocessing=Preprocessing(resize=72, crop=64))
+    return f"tiny@{version}"
+
+
+def throughput(client: Client, blobs: list[bytes], probe: int, model: str) -> float:
     """Images/s of the workers on one job of ``probe`` images, after a warm-up job."""
     for i, blob in enumerate(blobs[:64]):
         client.storage.write(f"warm/{i:04d}.jpg", blob)
     for i in range(probe):
         client.storage.write(f"probe/{i:05d}.jpg", blobs[i % len(blobs)])
-    model = MODEL
     job = submit("warm/", model=model, client=client)
     monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=600)
     started = time.monotonic()
@@ -137,6 +154,7 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=384, help="images in the throughput job")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--interval", type=float, default=1.0, help="the watcher's --interval")
+    parser.add_argument("--tiny", action="store_true", help="a 64 px resnet18 (fast workers)")
     parser.add_argument("--out", help="also write the JSON here")
     opts = parser.parse_args()
     width, height = (int(v) for v in opts.size.split("x"))
@@ -147,6 +165,7 @@ def main() -> None:
             {}, redis_url=url, storage_root=work, device="cpu", chunk_size=64, max_batch=64,
             concurrency=2, decode_threads=2, max_pending_chunks=16)
         client = Client(settings)
+        model = publish_tiny(settings) if opts.tiny else MODEL
         workers = [start_worker("worker.app", "infer", settings, Path(work) / f"w{i}.log",
                                 {"OMP_WAIT_POLICY": "PASSIVE"}) for i in range(opts.workers)]
         for worker in workers:
@@ -154,10 +173,10 @@ def main() -> None:
         port = free_port()
         watcher = None
         try:
-            rate = throughput(client, blobs, opts.probe)
+            rate = throughput(client, blobs, opts.probe, model)
             (Path(work) / "landing").mkdir()
             watcher = WatcherProcess(settings, Path(work) / "watcher.log", [
-                "landing/", "--model", MODEL, "--name", "bench", "--interval",
+                "landing/", "--model", model, "--name", "bench", "--interval",
                 str(opts.interval), "--metrics-port", str(port)]).wait_for("watching")
             started = time.time()
             written, samples = land(client, blobs, rate / 2, opts.duration, port=port,
@@ -166,7 +185,8 @@ def main() -> None:
             after = started + opts.warm_up
             steady = [m for t, m in samples if t >= opts.warm_up]
             report: dict[str, Any] = {
-                "bench": "watch_lag", "machine": machine(), "model": MODEL,
+                "bench": "watch_lag", "machine": machine(),
+                "model": "tiny (resnet18, 64 px)" if opts.tiny else MODEL,
                 "size": opts.size, "workers": opts.workers, "interval_s": opts.interval,
                 "chunk_size": settings.chunk_size, "concurrency": settings.concurrency,
                 "throughput_img_s": round(rate, 2), "arrival_img_s": round(rate / 2, 2),

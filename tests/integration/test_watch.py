@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from producer.feeds import FolderFeed, member
 from producer.submit import Client, resume
 from producer.watch import Watcher, WatchSpec
 from producer.watch_commands import print_watches
@@ -247,6 +248,22 @@ def test_the_seen_record_is_read_a_page_at_a_time_in_key_order(
     uris = Counter(u for line in recorded(client, "watch-w-202701150800")
                    for u in line["uris"])
     assert uris == Counter({f"in/{n}": 1 for n in names} | {"in/a/c/d.jpg": 2})
+
+
+def test_a_member_rewritten_between_two_pages_is_not_read_again(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The recorder may commit a rewrite (old member out, new one in) for the last key of a
+    # page before the next page is read; that page must start after the key, not after the
+    # old member, or the new member would be read as another, unlisted key (and forgotten).
+    monkeypatch.setattr("producer.feeds.PAGE", 2)
+    record = WatchRecord(client.jobs.redis, "w")
+    feed = FolderFeed(client.storage, "in/", record)
+    client.jobs.redis.zadd(record.seen_key, {member(k, "etag-1"): 0 for k in "abcde"})
+    seen = feed._seen()
+    first_page = [next(seen), next(seen)]
+    client.jobs.redis.zrem(record.seen_key, member("b", "etag-1"))
+    client.jobs.redis.zadd(record.seen_key, {member("b", "etag-2"): 0})
+    assert [*first_page, *seen] == [(k, "etag-1") for k in "abcde"]
 
 
 def test_an_ordered_watch_lists_after_its_cursor_only(client: Client) -> None:
