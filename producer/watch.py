@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 import redis
 
-from producer.feeds import Feed, FolderFeed, OrderedFeed, StreamFeed
+from producer.feeds import Feed, FolderFeed, OrderedFeed
+from producer.ingest import StreamFeed
 from producer.submit import Client
+from producer.watch_lock import Heartbeat
 from producer.watch_metrics import WatchMetrics
-from producer.watches import Heartbeat, WatchOptions, WatchRecord
+from producer.watches import WatchOptions, WatchRecord
 from producer.windows import Stopped, Windows
 from shared.errors import RstreamError, WatchLockLost
 
@@ -64,7 +66,7 @@ class Watcher:
                                limit=client.settings.max_pending_chunks, stop=self.stop,
                                metrics=self.metrics, clock=clock)
         self.feed = self._feed()
-        self.heartbeat = Heartbeat(self.record)
+        self.heartbeat = Heartbeat(self.record.lock)
         self._failed = False
 
     def _feed(self) -> Feed:
@@ -95,13 +97,14 @@ class Watcher:
         except Stopped:
             pass
         finally:
+            self.stop.set()  # the lag thread too
             self.close()
 
     def open(self) -> None:
         """Take the watch's lock, send what an earlier watcher recorded and did not send,
         close the windows that ended, and check the options against the watch's record."""
-        self.record.acquire()
-        self.heartbeat = Heartbeat(self.record).start()
+        self.record.lock.acquire()
+        self.heartbeat = Heartbeat(self.record.lock).start()
         try:
             self.windows.recover()
             self.record.adopt(self.spec.options)
@@ -143,7 +146,7 @@ class Watcher:
         """Stop renewing the lock and give it up; open windows stay open for the next start."""
         self.heartbeat.stop()
         try:
-            self.record.release()
+            self.record.lock.release()
         except redis.RedisError:  # it expires by itself
             pass
         logger.info("watch %s: stopped", self.spec.name)

@@ -18,6 +18,7 @@ from producer.windows import check_window
 from shared import sources
 from shared.errors import ConfigError
 from shared.settings import Settings
+from shared.storage import Storage
 
 
 def watch_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -48,6 +49,12 @@ def build_spec(args: argparse.Namespace, settings: Settings, client: Client) -> 
             raise ConfigError(f"{args.source} is a list file: a watch lists a folder or "
                               "s3://bucket/prefix/; submit a list once with `rstream submit`")
         source, default_name = resolved.location, _name_of(resolved.location)
+        for name, location in (("RSTREAM_RESULTS", settings.results),
+                               ("RSTREAM_MODELS", settings.models)):
+            if _inside(client.storage, location, source):
+                raise ConfigError(f"{name}={location} is inside the watched folder {source}: "
+                                  "the watcher would score what rstream writes there; watch "
+                                  "a folder that holds only images")
     client.storage.resolve(settings.results)  # a refused output location fails here
     options = WatchOptions(source=source, model=check_model(args.model or settings.model, client),
                            window_s=check_window(args.window), ordered=args.ordered,
@@ -55,6 +62,13 @@ def build_spec(args: argparse.Namespace, settings: Settings, client: Client) -> 
                            results=settings.results)
     return WatchSpec(check_name(args.name or default_name), options, interval_s=args.interval,
                      metrics_port=args.metrics_port)
+
+
+def _inside(storage: Storage, location: str, folder: str) -> bool:
+    """Whether ``location`` lies in ``folder`` (both resolved to a backend and a key)."""
+    backend, key = storage.resolve(location)
+    folder_backend, folder_key = storage.resolve(folder)
+    return backend is folder_backend and (key.rstrip("/") + "/").startswith(folder_key)
 
 
 def _name_of(location: str) -> str:
@@ -84,9 +98,7 @@ def print_watches(client: Client, as_json: bool) -> int:
 
 def _describe(watch: dict[str, Any]) -> list[str]:
     state = f"running ({watch['watcher']})" if watch["running"] else "stopped"
-    mode = "ordered" if watch.get("ordered") == "1" else (
-        "stream" if watch.get("source", "").startswith("stream:") else "seen-record")
-    lines = [f"watch {watch['watch']}: {state}  {watch.get('source')} ({mode})  "
+    lines = [f"watch {watch['watch']}: {state}  {watch.get('source')} ({watch['mode']})  "
              f"model {watch.get('model')}  windows of {watch.get('window_s')} s"]
     if "last_pass_at" in watch:
         ago = time.time() - float(watch["last_pass_at"])

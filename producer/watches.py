@@ -1,5 +1,6 @@
-"""A watch's record in Redis: its options, the lock its one watcher holds, its open windows,
-the chunks it sent that are not scored yet (its lag), and what ``rstream status`` lists.
+"""A watch's record in Redis: its options, its open windows, the chunks it sent that are not
+scored yet (its lag), and what ``rstream status`` lists; the lock its one watcher holds is in
+``producer/watch_lock.py``.
 
     rstream:watch:NAME           hash: the options, cursor (--ordered), window_start,
                                  started_at, last_pass_at, lag_s, waiting
@@ -12,53 +13,35 @@ the chunks it sent that are not scored yet (its lag), and what ``rstream status`
     rstream:watches              set: the names of every watch with a record
 
 Everything a watcher changes while it records objects goes through :meth:`WatchRecord.commit`:
-one Redis transaction that runs only while this watcher still holds the lock.
+one Redis transaction that commits only while this watcher still holds the lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import socket
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, cast
+from typing import Any
 
 import redis
 
+from producer.watch_lock import Stage, WatchLock
 from shared.constants import (
     WATCH_KEY,
-    WATCH_LOCK_KEY,
     WATCH_PENDING_KEY,
     WATCH_SEEN_KEY,
     WATCH_WINDOWS_KEY,
     WATCHES_KEY,
 )
-from shared.errors import ConfigError, NotFoundError, WatchLockLost
+from shared.errors import ConfigError, NotFoundError
 from shared.jobs import CANCELLED, JobStore
 
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-LOCK_TTL_S = 10
-RENEW_S = 2.0
 
-Stage = Callable[[redis.client.Pipeline], object]
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def check_name(name: str) -> str:
@@ -97,68 +80,19 @@ class WatchOptions:
 
 
 class WatchRecord:
-    """The record of watch ``name``; the lock methods are for its one watcher."""
+    """The record of watch ``name``; :attr:`lock` is for its one watcher."""
 
     def __init__(self, client: redis.Redis, name: str) -> None:
         self.redis, self.name = client, check_name(name)
         self.key = WATCH_KEY.format(name=name)
-        self.lock_key = WATCH_LOCK_KEY.format(name=name)
         self.windows_key = WATCH_WINDOWS_KEY.format(name=name)
         self.pending_key = WATCH_PENDING_KEY.format(name=name)
         self.seen_key = WATCH_SEEN_KEY.format(name=name)
-        self.token = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                 "at": round(time.time(), 3)})
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-
-    # The lock: one watcher per name.
-
-    def acquire(self, wait_s: float = LOCK_TTL_S + 2.0, poll_s: float = 0.2) -> None:
-        """Take the lock. A holder on this host whose process is gone (a watcher killed and
-        started again) is replaced at once; another holder has ``wait_s`` to let it expire,
-        else ConfigError: another watcher runs this watch."""
-        deadline = time.monotonic() + wait_s
-        while not self.redis.set(self.lock_key, self.token, nx=True, ex=LOCK_TTL_S):
-            holder = self.redis.get(self.lock_key)
-            if holder is not None and _dead_here(holder):
-                self._release([self.lock_key], [holder])
-                continue
-            if time.monotonic() > deadline:
-                raise ConfigError(f"watch {self.name} is already running ({_who(holder)}): "
-                                  "stop that watcher first, or give this one another --name")
-            time.sleep(poll_s)
-
-    def renew(self) -> bool:
-        """Extend the lock; False when another watcher holds it now."""
-        if self._renew([self.lock_key], [self.token, LOCK_TTL_S]):
-            return True
-        # Expired while Redis was away (or restarted): take it again if nobody else did.
-        return bool(self.redis.set(self.lock_key, self.token, nx=True, ex=LOCK_TTL_S))
-
-    def release(self) -> None:
-        self._release([self.lock_key], [self.token])
+        self.lock = WatchLock(client, name)
 
     def commit(self, stage: Stage) -> None:
-        """Run ``stage``'s commands in one transaction, while this watcher holds the lock;
-        WatchLockLost when another watcher holds it."""
-        while True:
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(self.lock_key)
-                    # Watching: the pipeline answers at once, before MULTI.
-                    holder = cast(bytes | None, pipe.get(self.lock_key))
-                    if holder != self.token.encode():
-                        pipe.unwatch()
-                        if holder is None and self.renew():
-                            continue
-                        raise WatchLockLost(f"watch {self.name}: another watcher holds the "
-                                            f"lock now ({_who(holder)}): this one stops")
-                    pipe.multi()
-                    stage(pipe)
-                    pipe.execute()
-                    return
-                except redis.WatchError:  # the lock was renewed meanwhile: try again
-                    continue
+        """Run ``stage``'s commands in one transaction, while this watcher holds the lock."""
+        self.lock.commit(stage)
 
     # Options and state.
 
@@ -255,7 +189,7 @@ class WatchRecord:
         """What ``rstream status`` shows: options, whether a watcher runs it, its open
         windows with their counts, the size of the seen-record, the lag last measured."""
         raw = self._hash()
-        holder = self.redis.get(self.lock_key)
+        holder = self.lock.holder()
         windows = []
         for job, end in sorted(self.open_windows().items()):
             try:
@@ -265,8 +199,9 @@ class WatchRecord:
             windows.append({"job": job, "until": _utc(end), "images": record.listed_images,
                             "processed": record.processed, "failed": record.failed,
                             "status": record.status})
-        return {"watch": self.name, "running": holder is not None,
-                "watcher": _who(holder) if holder else None, **raw,
+        options = self.options()
+        return {"watch": self.name, "running": holder is not None, "watcher": holder, **raw,
+                "mode": options.mode if options else None,
                 "seen_record": int(self.redis.zcard(self.seen_key)), "windows": windows}
 
     def _hash(self) -> dict[str, str]:
@@ -277,57 +212,6 @@ def all_watches(client: redis.Redis, jobs: JobStore) -> list[dict[str, Any]]:
     """Every watch with a record, by name, described."""
     names = sorted(n.decode() for n in client.smembers(WATCHES_KEY))
     return [WatchRecord(client, name).describe(jobs) for name in names]
-
-
-class Heartbeat:
-    """Renews a watcher's lock every RENEW_S seconds in a daemon thread; ``lost`` is set when
-    another watcher holds it (the next commit stops this one)."""
-
-    def __init__(self, record: WatchRecord) -> None:
-        self.record = record
-        self.lost = threading.Event()
-        self._stopped = threading.Event()
-
-    def start(self) -> Heartbeat:
-        threading.Thread(target=self._run, name="rstream-watch-lock", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(RENEW_S):
-            try:
-                if not self.record.renew():
-                    self.lost.set()
-            except redis.RedisError as exc:  # Redis away: the commits will say if it matters
-                logger.debug("watch %s: lock not renewed: %s", self.record.name, exc)
-
-
-def _dead_here(holder: bytes) -> bool:
-    """Whether the lock's holder ran on this host in a process that no longer exists."""
-    try:
-        token = json.loads(holder)
-        host, pid = token["host"], int(token["pid"])
-    except (ValueError, KeyError, TypeError):
-        return False
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def _who(holder: bytes | None) -> str:
-    try:
-        token = json.loads(holder or b"")
-        return f"pid {token['pid']} on {token['host']}"
-    except (ValueError, KeyError, TypeError):
-        return "unknown holder"
 
 
 def _utc(epoch: float) -> str:

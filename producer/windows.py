@@ -25,8 +25,9 @@ import redis
 
 from producer.feeds import Item
 from producer.submit import Client
+from producer.watch_lock import Stage
 from producer.watch_metrics import WatchMetrics
-from producer.watches import Stage, WatchOptions, WatchRecord
+from producer.watches import WatchOptions, WatchRecord
 from shared.celery_app import held_task_ids
 from shared.errors import ConfigError, PermanentError
 from shared.inputs import InputRecord, segment_size

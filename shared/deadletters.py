@@ -1,4 +1,5 @@
-"""The dead-letter list: task messages a worker refused, each kept with the reason.
+"""The dead-letter list: task messages a worker refused, and ingest stream entries a watcher
+refused (``producer/ingest.py``), each kept with the reason.
 
 A message that cannot be decoded (not JSON, a body that is not base64, bytes where a task
 expects arguments) or validated (a field out of range, a chunk its job never sent, an unknown

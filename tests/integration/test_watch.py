@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from producer.feeds import FolderFeed, member
+from producer.job_commands import _explain
 from producer.submit import Client, resume
 from producer.watch import Watcher, WatchSpec
 from producer.watch_commands import print_watches
@@ -170,7 +171,7 @@ def test_chunks_recorded_but_not_sent_when_the_watcher_died_are_sent_by_the_next
     # Chunk 1 is marked sent, but its message never left: "lost", as on a kill after
     # mark_sent. Recorded chunks that were never marked are "not sent".
     w.heartbeat.stop()
-    w.record.release()
+    w.record.lock.release()
 
     again = watcher(client, clock)
     again.open()
@@ -286,7 +287,7 @@ def test_one_watcher_per_name(client: Client) -> None:
     clock = Clock()
     first = watcher(client, clock)
     first.open()
-    second = WatchRecord(client.jobs.redis, "w")
+    second = WatchRecord(client.jobs.redis, "w").lock
     with pytest.raises(ConfigError, match=r"watch w is already running \(pid \d+ on "):
         second.acquire(wait_s=0.3)
     first.close()
@@ -297,17 +298,17 @@ def test_one_watcher_per_name(client: Client) -> None:
 def test_a_lock_left_by_a_dead_watcher_on_this_host_is_taken_at_once(client: Client) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
-    record = WatchRecord(client.jobs.redis, "w")
-    dead = json.loads(record.token) | {"pid": gone.pid}
-    client.jobs.redis.set(record.lock_key, json.dumps(dead), ex=60)
-    record.acquire(wait_s=0.0)
-    assert client.jobs.redis.get(record.lock_key) == record.token.encode()
+    lock = WatchRecord(client.jobs.redis, "w").lock
+    dead = json.loads(lock.token) | {"pid": gone.pid}
+    client.jobs.redis.set(lock.key, json.dumps(dead), ex=60)
+    lock.acquire(wait_s=0.0)
+    assert client.jobs.redis.get(lock.key) == lock.token.encode()
 
 
 def test_a_watcher_that_lost_its_lock_records_nothing(client: Client) -> None:
     w = watcher(client, Clock())
     w.open()
-    client.jobs.redis.set(w.record.lock_key, "someone else")
+    client.jobs.redis.set(w.record.lock.key, "someone else")
     put(client, "a.jpg")
     with pytest.raises(WatchLockLost, match="another watcher holds the lock"):
         w.step()
@@ -367,6 +368,10 @@ def test_status_lists_the_watches_their_lag_and_open_windows(
     assert "watch w: running (pid " in out and "in/ (seen-record)" in out, out
     assert "lag 20.0 s (2 chunk(s) waiting)" in out, out
     assert "window watch-w-202701150800 open until 2027-01-15 08:01:00 UTC: 0/3 images" in out
+    lines = _explain(client, client.jobs.get("watch-w-202701150800"), client.settings)
+    assert lines == ["an open window of watch w, until 08:01:00 UTC: 3 images recorded so far",
+                     "waiting: no worker is running (none has sent a heartbeat to rstream in "
+                     "10 s): start one with `rstream worker`"], lines
     print_watches(client, as_json=True)
     watches = json.loads(capsys.readouterr().out)
     assert watches[0]["watch"] == "w" and watches[0]["seen_record"] == 3
@@ -436,7 +441,7 @@ def test_entries_read_but_not_recorded_are_read_again_by_the_next_watcher(
     key = INGEST_STREAM_KEY.format(name="ingest")
     assert client.jobs.redis.xpending(key, "rstream")["pending"] == 3, "read, not recorded"
     w.heartbeat.stop()
-    w.record.release()
+    w.record.lock.release()
     again = watcher(client, clock, source="stream:ingest", name="s")
     again.open()
     assert again.step()
@@ -456,7 +461,7 @@ def test_the_watcher_stops_cleanly_when_told(client: Client) -> None:
     w.stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
-    assert client.jobs.redis.get(w.record.lock_key) is None, "the lock is given back"
+    assert client.jobs.redis.get(w.record.lock.key) is None, "the lock is given back"
 
 
 def test_redis_errors_in_a_pass_are_logged_and_the_next_pass_recovers(

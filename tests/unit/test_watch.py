@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from producer.cli import build_parser
-from producer.feeds import Change, _parse, diff, member
+from producer.feeds import Change, diff, member
+from producer.ingest import _parse
 from producer.watch_commands import _name_of, build_spec
 from producer.watch_metrics import WatchMetrics
 from producer.watches import WatchOptions, check_name
@@ -132,6 +133,12 @@ def test_a_watch_needs_one_source_a_folder_or_a_stream(tmp_path: Path) -> None:
         spec_of(tmp_path, str(tmp_path / "list.txt"))
     with pytest.raises(ConfigError, match="divisor of 86400"):
         spec_of(tmp_path, "in", "--window", "7")
+    with pytest.raises(ConfigError, match="RSTREAM_RESULTS=results is inside the watched"):
+        spec_of(tmp_path, str(tmp_path), "--name", "all")
+    (tmp_path / "results").mkdir()
+    with pytest.raises(ConfigError, match="RSTREAM_RESULTS=results is inside the watched"):
+        spec_of(tmp_path, "results/")
+    assert spec_of(tmp_path, "in").options.source == "in/", "a sibling folder is fine"
 
 
 def test_metrics_without_prometheus_client_name_the_package(
