@@ -245,7 +245,7 @@ def _add_watch_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--stream", metavar="NAME", help="instead, read URIs that clients add with "
                    "XADD rstream:ingest:NAME * uri URI")
     p.add_argument("--model", help="model reference (default: RSTREAM_MODEL)")
-    p.add_argument("--name", help="the watch's name, in its window job ids "
+    p.add_argument("--name", dest="watch_name", help="the watch's name, in its window job ids "
                    "watch-NAME-YYYYMMDDHH (default: the stream's, or the folder's last part)")
     p.add_argument("--interval", type=_seconds, default=10.0, metavar="S",
                    help="seconds between two listings of the folder (default 10)")

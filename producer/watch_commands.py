@@ -60,7 +60,7 @@ def build_spec(args: argparse.Namespace, settings: Settings, client: Client) -> 
                            window_s=check_window(args.window), ordered=args.ordered,
                            chunk_size=args.chunk_size or settings.chunk_size,
                            results=settings.results)
-    return WatchSpec(check_name(args.name or default_name), options, interval_s=args.interval,
+    return WatchSpec(check_name(args.watch_name or default_name), options, interval_s=args.interval,
                      metrics_port=args.metrics_port)
 
 
