@@ -68,6 +68,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rstream", description="Batch image classification over Redis and Celery. "
@@ -82,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_config)
 
     _add_job_commands(commands)
+    _add_watch_command(commands)
     _add_model_commands(commands)
     _add_worker_commands(commands)
 
@@ -202,8 +214,10 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
     p.set_defaults(handler=_jobs("submit_command"))
 
-    p = commands.add_parser("status", help="a job's counts, rate and ETA, and what it waits for")
-    p.add_argument("job", help="the job id")
+    p = commands.add_parser("status", help="a job's counts, rate and ETA, and what it waits "
+                            "for; without a job, the watches")
+    p.add_argument("job", nargs="?", help="the job id (none: every watch, its lag and open "
+                   "windows)")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(handler=_jobs("status_command"))
 
@@ -244,6 +258,33 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--json", action="store_true", help="one JSON object per line, raw included")
     p.add_argument("--clear", action="store_true", help="delete them all (after showing them)")
     p.set_defaults(handler=_jobs("dead_letters_command"))
+
+
+def _add_watch_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("watch", help="score every new image in a folder or a Redis "
+                            "stream as it lands, in one job per window of time (runs until "
+                            "stopped)")
+    p.add_argument("source", nargs="?", help="a folder under RSTREAM_STORAGE_ROOT or "
+                   "s3://bucket/prefix/, listed every --interval")
+    p.add_argument("--stream", metavar="NAME", help="instead, read URIs that clients add with "
+                   "XADD rstream:ingest:NAME * uri URI")
+    p.add_argument("--model", help="model reference (default: RSTREAM_MODEL)")
+    p.add_argument("--name", dest="watch_name", help="the watch's name, in its window job ids "
+                   "watch-NAME-YYYYMMDDHH (default: the stream's, or the folder's last part)")
+    p.add_argument("--interval", type=_seconds, default=10.0, metavar="S",
+                   help="seconds between two listings of the folder (default 10)")
+    p.add_argument("--window", type=_positive, default=3600, metavar="S",
+                   help="seconds per window job, a divisor of a day (default 3600: a job "
+                   "per hour)")
+    p.add_argument("--ordered", action="store_true", help="new keys always sort after the "
+                   "old ones: list only after the last key seen (S3 StartAfter) instead of "
+                   "the whole folder; rewritten objects are then not seen")
+    p.add_argument("--chunk-size", type=_positive, help="images per task (default: "
+                   "RSTREAM_CHUNK_SIZE)")
+    p.add_argument("--metrics-port", type=_positive, metavar="PORT", help="serve Prometheus "
+                   "metrics (lag, objects, open windows) on this port (needs "
+                   "prometheus-client)")
+    p.set_defaults(handler=_lazy("watch_commands", "watch_command"))
 
 
 def _version() -> str:

@@ -32,6 +32,7 @@ from producer import monitor, training
 from producer.api_auth import Tokens, check_bind
 from producer.api_metrics import metrics_text, registry_for
 from producer.submit import Client, check_model, resume, retry, submit_counted
+from producer.watches import all_watches
 from shared import sources, workers
 from shared.connections import redis_problem
 from shared.constants import INFER_QUEUE
@@ -269,6 +270,11 @@ def _job_routes(app: FastAPI, ctx: _Context) -> None:  # noqa: PLR0915 - one rou
                 "failures": [{"type": t, "reason": r, "count": n}
                              for (t, r), n in failures.most_common(20)],
                 "labels": [{"label": label, "count": n} for label, n in labels.most_common(15)]}
+
+    @app.get("/v1/watches", tags=["jobs"], dependencies=[read])
+    def watches() -> dict[str, Any]:
+        """Every watch (``rstream watch``): its source, lag, and open windows."""
+        return {"watches": all_watches(client.jobs.redis, client.jobs)}
 
     @app.post("/v1/jobs/{job}/cancel", tags=["jobs"], dependencies=[submit_scope])
     def cancel(job: str) -> dict[str, Any]:

@@ -74,6 +74,10 @@ def _continue_hint(client: Client, job: str) -> str:
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(settings)
+    if args.job is None:
+        from producer.watch_commands import print_watches
+
+        return print_watches(client, args.json)
     state = monitor.status(client.jobs, args.job)
     if args.json:
         print(json.dumps(state.as_dict(), indent=2, default=str))

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tqdm import tqdm
@@ -54,6 +55,13 @@ def notes(store: JobStore, job: Job, visibility_timeout: int) -> list[str]:
         lines.append(f"submission stopped after {job.images} of {job.listed_images} recorded "
                      f"images were sent ({job.submit_error}): run the same submit again, or "
                      f"`rstream resume {job.id}`, to continue")
+    elif job.submitting and job.watch:
+        from producer.watches import WatchRecord  # a window job of `rstream watch`
+
+        until = WatchRecord(store.redis, job.watch).open_windows().get(job.id)
+        lines.append(f"an open window of watch {job.watch}"
+                     + (f", until {datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC" if until
+                        else "") + f": {job.listed_images} images recorded so far")
     elif job.submitting:
         lines.append(f"still submitting: {job.listed_images} images recorded so far")
     if job.status == FAILED:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -75,11 +76,15 @@ class Client:
         """Chunk messages waiting in the infer queue (not counting ones being worked on)."""
         return queued(self.jobs.redis, INFER_QUEUE)
 
-    def wait_for_room(self, limit: int) -> None:
-        """Block while the infer queue holds ``limit`` chunks or more (0: never block)."""
+    def wait_for_room(self, limit: int, stop: threading.Event | None = None) -> None:
+        """Block while the infer queue holds ``limit`` chunks or more (0: never block), or
+        until ``stop`` is set (a watcher told to stop)."""
         delay = 0.05
         while limit and self.pending_chunks() >= limit:
-            time.sleep(delay)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                return
             delay = min(delay * 2, 1.0)
 
     def send(self, message: ChunkMessage) -> None:
@@ -300,7 +305,13 @@ def resume(job: str, *, client: Client, progress: Progress | None = None) -> Sen
     short. The job's own source, model, output and chunk size are used.
     """
     record = client.jobs.get(job)
-    if record.source == sources.LIST:
+    if record.watch:
+        if not record.listing_done:
+            raise ConfigError(f"job {job} is an open window of watch {record.watch}: its "
+                              "watcher sends its chunks and closes it when the window is "
+                              "over (`rstream status` lists the watches); resume it after that")
+        source = Source("list", record.source, ())  # its input record is complete
+    elif record.source == sources.LIST:
         if not record.listing_done:
             raise ConfigError(f"job {job} was submitted as a list of URIs and its submission "
                               "stopped before the end: call submit() with the same list and "

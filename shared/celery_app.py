@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -64,6 +65,9 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
     return app
 
 
+UNACKED_KEY = "unacked"  # kombu's hash of the messages workers hold
+
+
 def send_chunk(app: Celery, message: ChunkMessage) -> None:
     """Send one chunk task; its id comes from (job, chunk, generation), so a chunk sent again
     is the same task."""
@@ -92,6 +96,25 @@ def queued(client: redis.Redis, queue: str) -> int:
         for key in queue_keys(queue):
             pipe.llen(key)
         return sum(pipe.execute())
+
+
+def held_task_ids(client: redis.Redis) -> set[str]:
+    """The task ids of every message in the infer queue or held unacknowledged by a worker
+    (kombu's ``unacked`` hash): chunks that need no sending again."""
+    ids: set[str] = set()
+    for key in queue_keys(INFER_QUEUE):
+        ids.update(_task_id(raw) for raw in client.lrange(key, 0, -1))
+    ids.update(_task_id(raw, held=True) for raw in client.hvals(UNACKED_KEY))
+    return ids
+
+
+def _task_id(raw: bytes, *, held: bool = False) -> str:
+    """The task id in a queued envelope, or in an unacked entry: [envelope, exchange, key]."""
+    try:
+        envelope = json.loads(raw)
+        return str((envelope[0] if held else envelope)["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return ""
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:

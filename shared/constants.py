@@ -23,3 +23,13 @@ DEAD_LETTERS_KEY = REDIS_PREFIX + ":dead-letters"  # newest first; messages refu
 WORKER_KEY = REDIS_PREFIX + ":worker:{node}"  # a live worker's heartbeat (expires)
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"
 TRAIN_RUN_KEY = REDIS_PREFIX + ":train:run:{run}"  # one fine-tune run's progress and outcome
+
+# Watch mode (producer/watches.py): one watcher per name, its state in these keys.
+WATCHES_KEY = REDIS_PREFIX + ":watches"  # the names of every watch that has state
+WATCH_KEY = REDIS_PREFIX + ":watch:{name}"  # its options, cursor and last pass (hash)
+WATCH_LOCK_KEY = REDIS_PREFIX + ":watch:{name}:lock"  # held by the one watcher running it
+WATCH_WINDOWS_KEY = REDIS_PREFIX + ":watch:{name}:windows"  # open window job -> its end
+WATCH_PENDING_KEY = REDIS_PREFIX + ":watch:{name}:pending"  # "job:chunk" -> first seen, until done
+WATCH_SEEN_KEY = REDIS_PREFIX + ":watch:{name}:seen"  # the seen-record (sorted set)
+INGEST_STREAM_KEY = REDIS_PREFIX + ":ingest:{name}"  # clients: XADD rstream:ingest:NAME * uri URI
+INGEST_GROUP = "rstream"  # the consumer group the watcher reads an ingest stream through

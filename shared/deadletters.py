@@ -1,4 +1,5 @@
-"""The dead-letter list: task messages a worker refused, each kept with the reason.
+"""The dead-letter list: task messages a worker refused, and ingest stream entries a watcher
+refused (``producer/ingest.py``), each kept with the reason.
 
 A message that cannot be decoded (not JSON, a body that is not base64, bytes where a task
 expects arguments) or validated (a field out of range, a chunk its job never sent, an unknown
@@ -26,6 +27,15 @@ RAW_LIMIT = 64 * 1024
 def record(client: redis.Redis, reason: str, *, queue: str | None = None,
            headers: Mapping[str, Any] | None = None, raw: bytes | str | None = None) -> None:
     """Keep one refused message with ``reason``; what it received is stored base64-encoded."""
+    with client.pipeline(transaction=True) as pipe:
+        stage(pipe, reason, queue=queue, headers=headers, raw=raw)
+        pipe.execute()
+
+
+def stage(pipe: redis.client.Pipeline, reason: str, *, queue: str | None = None,
+          headers: Mapping[str, Any] | None = None, raw: bytes | str | None = None) -> None:
+    """:func:`record`, queued on ``pipe`` (the watcher keeps a refused stream entry in the
+    same transaction that acknowledges it)."""
     data = raw.encode("utf-8", "replace") if isinstance(raw, str) else (raw or b"")
     headers = dict(headers or {})
     entry = {
@@ -37,10 +47,8 @@ def record(client: redis.Redis, reason: str, *, queue: str | None = None,
         "raw_bytes": len(data),
         "raw": base64.b64encode(data[:RAW_LIMIT]).decode("ascii"),
     }
-    with client.pipeline(transaction=True) as pipe:
-        pipe.lpush(DEAD_LETTERS_KEY, json.dumps(entry))
-        pipe.ltrim(DEAD_LETTERS_KEY, 0, MAX_ENTRIES - 1)
-        pipe.execute()
+    pipe.lpush(DEAD_LETTERS_KEY, json.dumps(entry))
+    pipe.ltrim(DEAD_LETTERS_KEY, 0, MAX_ENTRIES - 1)
 
 
 def recent(client: redis.Redis, limit: int = 20) -> list[dict[str, Any]]:

@@ -62,3 +62,7 @@ class JobFailed(PermanentError):
 class JobConflict(PermanentError):
     """Raised when a job id is submitted again with another source, model, output or chunk
     size than the job has."""
+
+
+class WatchLockLost(PermanentError):
+    """Raised when a watcher finds that another watcher holds its watch's lock: it stops."""

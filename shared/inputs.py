@@ -40,10 +40,19 @@ class InputRecord:
     def segment_uri(self, first_chunk: int) -> str:
         return join(self.prefix, f"{first_chunk:08d}.jsonl")
 
-    def write_segment(self, first_chunk: int, chunks: list[list[str]]) -> None:
-        """Record ``chunks``, numbered from ``first_chunk``, as one segment (one write)."""
-        lines = (json.dumps({"chunk": first_chunk + i, "uris": uris}, ensure_ascii=False)
-                 for i, uris in enumerate(chunks))
+    def write_segment(self, first_chunk: int, chunks: list[list[str]],
+                      etags: list[list[str]] | None = None) -> None:
+        """Record ``chunks``, numbered from ``first_chunk``, as one segment (one write).
+
+        ``etags`` (a watcher's): the version of each URI that was seen, kept beside it as
+        ``"etags"``; readers of the record need only ``"uris"``.
+        """
+        lines = []
+        for i, uris in enumerate(chunks):
+            line: dict[str, object] = {"chunk": first_chunk + i, "uris": uris}
+            if etags is not None:
+                line["etags"] = etags[i]
+            lines.append(json.dumps(line, ensure_ascii=False))
         self.storage.write(self.segment_uri(first_chunk), ("\n".join(lines) + "\n").encode())
 
     def segments(self) -> list[int]:
@@ -78,6 +87,14 @@ class InputRecord:
                 if chunk == number:
                     return uris
         raise NotFoundError(f"chunk {number} is not in the input record {self.prefix}/")
+
+    def drop_from(self, first_chunk: int) -> int:
+        """Remove the segments that start at ``first_chunk`` or later: written, but never
+        recorded in the job (a watcher stopped between the two). Returns how many."""
+        stale = [first for first in self.segments() if first >= first_chunk]
+        for first in stale:
+            self.storage.delete(self.segment_uri(first))
+        return len(stale)
 
     def delete(self) -> None:
         """Remove every segment (a submission refused before anything was sent)."""

@@ -188,6 +188,7 @@ class Job:
     last_uri: str = ""  # the last URI recorded: a folder's listing continues after it
     listing_done: bool = False  # the input record holds every chunk of the job
     submit_error: str = ""  # why the last submission stopped before it sent everything
+    watch: str = ""  # a window job of this watch (producer/watch.py); "" for a submitted job
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> Job:
@@ -251,8 +252,11 @@ class JobStore:
         return [k.format(job=job) for k in (JOB_KEY, JOB_SENT_KEY, JOB_DONE_KEY, JOB_COUNTS_KEY)]
 
     def create_or_resume(self, job: str, *, model: str, results: str, source: str,
-                         chunk_size: int) -> bool:
-        """Create the record, or resume one made by the same submission; True when new."""
+                         chunk_size: int, watch: str = "") -> bool:
+        """Create the record, or resume one made by the same submission; True when new.
+
+        ``watch`` names the watch whose window this job is (set when it is created).
+        """
         key = JOB_KEY.format(job=check_job_id(job))
         now = time.time()
         fields: dict[str, str | int | float] = {
@@ -260,6 +264,8 @@ class JobStore:
             "chunk_size": chunk_size, "created_at": now, "updated_at": now,
             "outstanding": 0, "chunks": 0, "images": 0, "ok": 0, "failed": 0,
             "generation": 0, "submitting": 1}
+        if watch:
+            fields["watch"] = watch
         pairs = [item for pair in fields.items() for item in pair]
         if self._create([key, JOBS_INDEX_KEY], [self.ttl, now, job, *pairs]):
             return True
@@ -277,10 +283,11 @@ class JobStore:
         return False
 
     def record_listed(self, job: str, chunks: int, images: int, last_uri: str, *,
-                      done: bool = False) -> None:
+                      done: bool = False, pipe: redis.client.Pipeline | None = None) -> None:
         """The input record now holds ``chunks`` chunks (``images`` URIs, ``last_uri`` last);
-        ``done``: and that is all of them."""
-        self.redis.hset(JOB_KEY.format(job=job), mapping={
+        ``done``: and that is all of them. With ``pipe``, the update is queued there (a
+        watcher records it in one transaction with its own state)."""
+        (pipe if pipe is not None else self.redis).hset(JOB_KEY.format(job=job), mapping={
             "listed_chunks": chunks, "listed_images": images, "last_uri": last_uri,
             "listing_done": int(done), "updated_at": time.time()})
 
@@ -324,6 +331,14 @@ class JobStore:
         found = self.redis.hmget(JOB_DONE_KEY.format(job=job),
                                  [f"{chunk}:{generation}" for chunk in chunks])
         return {chunk for chunk, flag in zip(chunks, found, strict=True) if flag is not None}
+
+    def sent_chunks(self, job: str, chunks: list[int], generation: int) -> set[int]:
+        """Which of ``chunks`` were ever sent (one Redis call)."""
+        if not chunks:
+            return set()
+        found = self.redis.hmget(JOB_SENT_KEY.format(job=job),
+                                 [f"{chunk}:{generation}" for chunk in chunks])
+        return {chunk for chunk, when in zip(chunks, found, strict=True) if when is not None}
 
     def was_sent(self, job: str, chunk: int, generation: int) -> bool:
         """Whether the producer recorded this chunk as sent (a message may claim anything)."""

@@ -103,8 +103,14 @@ def _uris(value: object) -> list[str]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_URIS:
         raise InvalidMessage(f"chunk message field uris is not a list of 1 to {MAX_URIS} URIs")
     for uri in value:
-        if (not isinstance(uri, str) or not uri or len(uri) > MAX_URI_LENGTH
-                or "\x00" in uri or "\n" in uri):
+        if not is_uri(uri):
             raise InvalidMessage(f"chunk message field uris holds a value that is not a URI: "
                                  f"{str(uri)[:80]!r}")
     return list(value)
+
+
+def is_uri(value: object) -> bool:
+    """Whether ``value`` may travel as a URI in a chunk message (the watcher checks what a
+    stream entry brings with this same rule before it records it)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_URI_LENGTH
+            and "\x00" not in value and "\n" not in value)

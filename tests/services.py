@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -240,6 +241,64 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (Celery's warm shutdown), then SIGKILL after ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return int(self.process.returncode)
+
+
+class WatcherProcess:
+    """``rstream watch ARGS`` as a process (``python -m producer.cli watch``), its log in a
+    file. With ``hook`` (``POINT:N``, see tests/watch_hook.py) it runs through that module,
+    which pauses the watcher the N-th time it reaches POINT after writing ``marker``, so that
+    a test can SIGKILL it exactly there."""
+
+    def __init__(self, settings: Settings, log_path: Path, args: list[str], *,
+                 hook: str | None = None, marker: Path | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
+        env.update(settings.as_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        module = "producer.cli"
+        if hook:
+            assert marker is not None
+            env.update({"WATCH_HOOK": hook, "WATCH_HOOK_MARKER": str(marker)})
+            module = "tests.watch_hook"
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in kill() / stop()
+        self.process = subprocess.Popen([sys.executable, "-m", module, "watch", *args],
+                                        cwd=REPO, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> WatcherProcess:
+        """Wait until ``text`` is in the log; RuntimeError if the watcher exits first."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"watcher exited with {self.process.returncode}:\n"
+                                   f"{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in the watcher's log after {timeout_s} s:\n"
+                                   f"{self.log()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it (a zombie would still look alive to the next watcher)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (the watcher finishes its step), then SIGKILL after ``timeout_s``."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

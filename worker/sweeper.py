@@ -12,15 +12,14 @@ lines stay single.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
 
 import redis
 
-from shared.celery_app import queue_keys
-from shared.constants import INFER_QUEUE, REDIS_PREFIX
+from shared.celery_app import held_task_ids
+from shared.constants import REDIS_PREFIX
 from shared.inputs import InputRecord
 from shared.jobs import Job, JobStore
 from shared.messages import ChunkMessage
@@ -31,7 +30,6 @@ from shared.storage import Storage
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = REDIS_PREFIX + ":lock:sweeper"
-UNACKED_KEY = "unacked"  # kombu's hash of the messages workers hold
 
 
 def margin_s(settings: Settings) -> float:
@@ -78,7 +76,7 @@ class Sweeper:
         cutoff = now - self.settings.visibility_timeout - margin_s(self.settings)
         # What is queued or held is read before what is done: a chunk acked in between is
         # then seen done, never as lost (complete() is recorded before the ack).
-        held = _held_task_ids(client)
+        held = held_task_ids(client)
         resent = 0
         for job in self.jobs.running_jobs():
             for chunk, generation in self.jobs.unfinished(job.id, sent_before=cutoff):
@@ -99,21 +97,3 @@ class Sweeper:
         logger.warning("job %s chunk %d: sent more than %.0f s ago and neither queued, running "
                        "nor done (a message lost with Redis?): sent again", job.id, chunk, age_s)
         return 1
-
-
-def _held_task_ids(client: redis.Redis) -> set[str]:
-    """The task ids of every message in the infer queue or held unacknowledged by a worker."""
-    ids: set[str] = set()
-    for key in queue_keys(INFER_QUEUE):
-        ids.update(_task_id(raw) for raw in client.lrange(key, 0, -1))
-    ids.update(_task_id(raw, held=True) for raw in client.hvals(UNACKED_KEY))
-    return ids
-
-
-def _task_id(raw: bytes, *, held: bool = False) -> str:
-    """The task id in a queued envelope, or in an unacked entry: [envelope, exchange, key]."""
-    try:
-        envelope = json.loads(raw)
-        return str((envelope[0] if held else envelope)["headers"]["id"])
-    except (ValueError, KeyError, TypeError, IndexError):
-        return ""

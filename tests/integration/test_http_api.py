@@ -200,6 +200,7 @@ def test_bodies_are_validated_and_limited(stack: dict[str, Any]) -> None:
         assert model.status_code == 400 and "resnet19" in model.json()["error"]["message"]
         unknown = http.get("/v1/jobs/no-such-job")
         assert unknown.status_code == 404
+        assert http.get("/v1/watches").json() == {"watches": []}
 
 
 def test_models_promote_rollback_and_train(stack: dict[str, Any]) -> None:
