@@ -1,10 +1,14 @@
 """Rewrite the README's configuration table from shared/settings.py (a test checks it)."""
 
+import sys
 from pathlib import Path
 
-from shared.settings import markdown_table
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's settings, whatever is installed
 
-readme = Path(__file__).resolve().parents[1] / "README.md"
+from shared.settings import markdown_table  # noqa: E402
+
+readme = REPO / "README.md"
 text = readme.read_text()
 start, end = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 head, rest = text.split(start)

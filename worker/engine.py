@@ -69,20 +69,21 @@ class Engine:
         """
         predictor = self.predictor_for(model_ref)
         spec = predictor.preprocessing
-        decoded: list[Tensor | Exception] = list(
-            self._pool.map(lambda uri: self._fetch_decode(uri, spec), uris))
-        transient = next((item for item in decoded if isinstance(item, TransientError)), None)
+
+        def decode_then_submit(uri: str) -> Future[Prediction] | Exception:
+            # Each image goes to the batcher as soon as it is decoded, so the forward of the
+            # first images overlaps the decode of the rest (and of other chunks).
+            item = self._fetch_decode(uri, spec)
+            return item if isinstance(item, Exception) else self.batcher.submit(
+                [item], predictor)[0]
+
+        queued = list(self._pool.map(decode_then_submit, uris))
+        transient = next((item for item in queued if isinstance(item, TransientError)), None)
         if transient is not None:
             raise transient
-        images = [item for item in decoded if isinstance(item, Tensor)]
-        futures = iter(self.batcher.submit(images, predictor))
-        lines = []
-        for uri, item in zip(uris, decoded, strict=True):
-            if isinstance(item, Exception):
-                lines.append(error_line(uri, item))
-            else:
-                lines.append(_line(uri, next(futures), predictor.model_id))
-        return lines
+        return [error_line(uri, item) if isinstance(item, Exception)
+                else _line(uri, item, predictor.model_id)
+                for uri, item in zip(uris, queued, strict=True)]
 
     def predictor_for(self, ref: str) -> Predictor:
         """The predictor for ``ref``, loaded once per resolved version and cached."""
@@ -135,7 +136,8 @@ class Engine:
         start = time.monotonic()
         loaded = load_model(ref, self.registry)
         predictor = make_predictor(self.settings.backend, loaded, self.device,
-                                   self.settings.precision, self.settings.topk)
+                                   self.settings.precision, self.settings.topk,
+                                   registry=self.registry)
         logger.info("loaded %s on %s in %.2fs", predictor.model_id, self.device,
                     time.monotonic() - start)
         return predictor

@@ -60,7 +60,10 @@ def pipeline_settings(redis_url: str, root: Path, **overrides: Any) -> Settings:
         "redis_url": redis_url, "storage_root": str(root), "chunk_size": 16, "max_batch": 32,
         "max_delay_ms": 20.0, "decode_threads": 4, "concurrency": 2, "device": "cpu",
         "task_time_limit": 60, "visibility_timeout": 120, "max_pending_chunks": 0,
-        "reload_interval": 1.0}
+        "reload_interval": 1.0,
+        # Eager by default here: each new registry version would cost an ONNX export (tens of
+        # seconds on two cores); the module's own worker below runs the default (auto: ONNX).
+        "backend": "eager"}
     base.update(overrides)
     return make_settings(**base)
 
@@ -80,7 +83,7 @@ def env(redis_server: str, moto_server: str, bucket: str,
     root = tmp_path_factory.mktemp("root")
     settings = pipeline_settings(redis_server, root, s3_endpoint_url=moto_server,
                                  allowed_buckets=(bucket,), s3_max_attempts=3,
-                                 metrics_port=free_port())
+                                 metrics_port=free_port(), backend="auto")
     model = save_tiny_model(settings)
     worker = WorkerProcess(settings, root.parent / "worker.log", "pipeline").wait_ready()
     yield settings, model
