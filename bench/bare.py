@@ -17,12 +17,14 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker.device import resolve_device
 from worker.models import load_model
+from worker.onnx import make_predictor
 from worker.predict import Predictor
 from worker.preprocess import choose_path, decode_image
 
 
 class Bare:
-    """``Predictor.predict`` on ready uint8 batches of ``settings.max_batch`` images.
+    """``Predictor.predict`` on ready uint8 batches of ``settings.max_batch`` images, with the
+    backend of ``settings.backend``.
 
     Passes run on one long-lived thread of their own, as the batcher's forward does: on a CPU,
     torch's intra-op threads behave differently for the main thread (bench/score_vs_bare.py
@@ -31,7 +33,9 @@ class Bare:
 
     def __init__(self, model: str, settings: Settings, blobs: list[bytes]) -> None:
         device = resolve_device(settings.device)
-        self.predictor = Predictor(load_model(model), device, settings.precision, settings.topk)
+        # rstream's own backend (auto: ONNX Runtime on the CPU), as its workers serve it
+        self.predictor = make_predictor(settings.backend, load_model(model), device,
+                                        settings.precision, settings.topk)
         spec = self.predictor.preprocessing
         tensors = [decode_image(b, spec, settings.max_image_pixels) for b in blobs]
         step = settings.max_batch

@@ -10,8 +10,17 @@ In one run, on one machine, with one model, device, precision, thread count and 
   ``celery -A bench.rstream_app worker -Q infer --pool threads -c N`` process (``worker.app``
   plus a stats command) -> every result part and the manifest written; timed from submit to
   the manifest;
-- ``naive``: one task per image (``bench/naive_app.py``) on a worker with the same pool,
-  concurrency and threads; timed from the first send to the last result object.
+- ``dataloader``: the peer to beat, a plain PyTorch loop (``bench/dataloader_peer.py``: a
+  ``Dataset`` fetching with the same storage client, PIL and torchvision's reference
+  transforms, ``DataLoader(num_workers=--loader-workers)``, the same model in eager PyTorch,
+  one JSONL write at the end); timed from the first fetch to the file written;
+- ``naive`` (``--naive``): one task per image (``bench/naive_app.py``) on a worker with the
+  same pool, concurrency and threads; timed from the first send to the last result object.
+
+For rstream it also reports the seconds from submit to the first chunk's lines, and the
+per-job overhead: the job's time minus images / its steady rate (the rate between its first
+and last chunk). ``bare`` is the forward pass of rstream's own backend (``--backend``,
+default auto: ONNX Runtime on the CPU).
 
 Images are JPEGs of ``--size`` made by ``worker.samples`` from photos shipped with
 scikit-image and scikit-learn, on moto's S3 server (``--storage s3``, over HTTP, in this
@@ -40,6 +49,7 @@ from typing import Any
 
 import boto3
 
+from bench.dataloader_peer import DataLoaderPeer
 from bench.services import (
     cpu_seconds,
     machine,
@@ -56,7 +66,7 @@ from worker.samples import write_samples
 BUCKET = "rstream-bench"
 WAIT_TIMEOUT_S = 1800.0
 POLL_S = 0.02
-KINDS = ("rstream", "naive")
+KINDS = ("rstream", "dataloader", "naive")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "benchmark's workers consume its infer queue)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--naive", action="store_true", help="also run the naive baseline")
+    parser.add_argument("--no-dataloader", action="store_true",
+                        help="skip the DataLoader peer")
+    parser.add_argument("--loader-workers", type=int, default=2,
+                        help="num_workers of the DataLoader peer")
+    parser.add_argument("--backend", default="auto", help="rstream's RSTREAM_BACKEND")
     parser.add_argument("--bare-images", type=int, default=256,
                         help="images per bare pass (the first ones, in --max-batch batches)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker threads pool (-c)")
@@ -104,7 +119,7 @@ def make_settings(opts: argparse.Namespace, work: Path, redis_url: str, endpoint
         s3_endpoint_url=endpoint if s3 else "", allowed_buckets=(BUCKET,) if s3 else (),
         chunk_size=opts.chunk_size, max_batch=opts.max_batch, max_delay_ms=opts.max_delay_ms,
         decode_threads=opts.decode_threads, concurrency=opts.concurrency,
-        max_pending_chunks=0, log_level="info")
+        max_pending_chunks=0, log_level="info", backend=opts.backend)
 
 
 def write_images(settings: Settings, opts: argparse.Namespace) -> tuple[str, list[str]]:
@@ -142,19 +157,40 @@ def wait_until(done: Callable[[], bool], what: str) -> None:
         time.sleep(POLL_S)
 
 
-def run_rstream(client: Client, source: str | list[str], model: str, job: str) -> float:
-    """Seconds from submit to the manifest of ``job``."""
+def run_rstream(client: Client, source: str | list[str], model: str, job: str
+                ) -> tuple[float, dict[str, float]]:
+    """Seconds from submit to the manifest of ``job``, and when its chunks finished."""
+    events = client.jobs.events(job)  # subscribed before anything is sent
     start = time.perf_counter()
     submit(source, job=job, model=model, client=client, max_pending=0)
-    # The job record is cheap to poll; the manifest is written right after the record says done.
-    wait_until(lambda: client.jobs.get(job).finished, f"job {job}")
+    chunk_times = []
+    while not client.jobs.get(job).finished:
+        message = events.get_message(timeout=POLL_S)
+        if message is not None:
+            chunk_times.append(time.perf_counter() - start)
+        if time.perf_counter() - start > WAIT_TIMEOUT_S:
+            raise SystemExit(f"job {job} not finished after {WAIT_TIMEOUT_S} s")
+    events.close()
     uri = manifest_uri(client.settings.results, job)
     wait_until(lambda: client.storage.exists(uri), f"manifest of {job}")
     seconds = time.perf_counter() - start
     record = client.jobs.get(job)
     if record.failed or record.ok != record.images:
         raise SystemExit(f"job {job}: {record.failed} images failed")
-    return seconds
+    return seconds, latency(chunk_times, seconds, record.images, record.chunks)
+
+
+def latency(chunk_times: list[float], seconds: float, images: int,
+            chunks: int) -> dict[str, float]:
+    """When the first lines landed, and the per-job overhead: the job's time minus images /
+    its steady rate (images per second between its first and its last chunk)."""
+    if len(chunk_times) < 2 or chunks < 2:
+        return {"first_lines_s": round(chunk_times[0] if chunk_times else seconds, 3)}
+    per_chunk = images / chunks
+    steady = per_chunk * (len(chunk_times) - 1) / max(chunk_times[-1] - chunk_times[0], 1e-9)
+    return {"first_lines_s": round(chunk_times[0], 3),
+            "steady_images_per_s": round(steady, 2),
+            "overhead_s": round(seconds - images / steady, 3)}
 
 
 def run_naive(client: Client, uris: list[str], model: str, job: str) -> float:
@@ -181,17 +217,25 @@ class Pipeline:
         env = thread_env(opts)
         self.workers = {"rstream": start_worker("bench.rstream_app", "infer", settings,
                                                 work / "rstream-worker.log", env)}
-        if not opts.no_naive:
+        self.peer = None if opts.no_dataloader else DataLoaderPeer(
+            settings, self.model, workers=opts.loader_workers, batch_size=opts.max_batch)
+        if opts.naive:
             self.workers["naive"] = start_worker("bench.naive_app", "naive", settings,
                                                  work / "naive-worker.log", env)
         for worker in self.workers.values():
             worker.wait_ready()
         self.runs = 0
 
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if k in self.workers or (k == "dataloader" and self.peer)]
+
     def warm_up(self) -> None:
         """Load the model in each worker (and fill the caches) before anything is timed."""
         run_rstream(self.client, self.uris[:2 * self.settings.chunk_size], self.model,
                     "warm-up")
+        if self.peer is not None:
+            self.peer.run(self.uris[:self.settings.max_batch], self._out("warm-up"))
         if "naive" in self.workers:
             run_naive(self.client, self.uris[:4 * self.settings.concurrency], self.model,
                       "warm-up")
@@ -204,16 +248,24 @@ class Pipeline:
                 "bench": os.getpid(), "redis": self.redis_pid}
         before_cpu = {k: cpu_seconds(p) for k, p in pids.items() if p}
         before_stats = batcher_stats(self.client) if kind == "rstream" else {}
-        run = run_rstream if kind == "rstream" else run_naive
-        source: Any = self.source if kind == "rstream" else self.uris
-        seconds = run(self.client, source, self.model, job)
+        extra: dict[str, float] = {}
+        if kind == "rstream":
+            seconds, extra = run_rstream(self.client, self.source, self.model, job)
+        elif kind == "dataloader":
+            assert self.peer is not None
+            seconds = self.peer.run(self.uris, self._out(job))
+        else:
+            seconds = run_naive(self.client, self.uris, self.model, job)
         cpu = {f"{k}_cpu_s": round(cpu_seconds(pids[k]) - v, 2) for k, v in before_cpu.items()}
         result: dict[str, Any] = {"seconds": round(seconds, 3),
-                                  "images_per_s": len(self.uris) / seconds, **cpu}
+                                  "images_per_s": len(self.uris) / seconds, **cpu, **extra}
         if kind == "rstream":
             after = batcher_stats(self.client)
             result["batcher"] = stage_split(before_stats, after, seconds)
         return result
+
+    def _out(self, job: str) -> str:
+        return f"{self.settings.results}/dataloader/{job}.jsonl"
 
     def close(self) -> None:
         for worker in self.workers.values():
@@ -247,7 +299,7 @@ def measure_all(pipeline: Pipeline, bare: Any, repeats: int) -> list[dict[str, A
     Each run's ratio uses the mean of the bare passes just before and just after it, so a
     machine that drifts between runs moves both sides of the ratio alike.
     """
-    kinds = [k for k in KINDS if k in pipeline.workers]
+    kinds = pipeline.kinds
     last_bare = bare.run()
     runs = []
     for r in range(repeats):
@@ -267,12 +319,17 @@ def measure_all(pipeline: Pipeline, bare: Any, repeats: int) -> list[dict[str, A
 
 def summarize(runs: list[dict[str, Any]], bare_info: dict[str, Any]) -> dict[str, Any]:
     by_kind = {k: [r for r in runs if r["kind"] == k] for k in KINDS}
-    rstream, naive = by_kind["rstream"], by_kind["naive"]
+    rstream, naive, loader = by_kind["rstream"], by_kind["naive"], by_kind["dataloader"]
     bares = [b for r in runs for b in (r["bare_before"], r["bare_after"])]
     # rstream/naive per repeat, each side against its own bare passes: drift cancels.
     to_naive = [a["to_bare"] / b["to_bare"] for a, b in zip(rstream, naive, strict=False)]
+    to_loader = [a["to_bare"] / b["to_bare"] for a, b in zip(rstream, loader, strict=False)]
     batcher = [r["batcher"] for r in rstream]
     return {
+        "rstream_to_dataloader": median(to_loader),
+        "dataloader_to_bare": median([r["to_bare"] for r in loader]),
+        "first_lines_s": median([r["first_lines_s"] for r in rstream]),
+        "overhead_s": median([r["overhead_s"] for r in rstream if "overhead_s" in r]),
         "images_per_s": {"bare": median([b["images_per_s"] for b in bares]),
                          **{k: median([r["images_per_s"] for r in v])
                             for k, v in by_kind.items() if v}},
@@ -285,6 +342,7 @@ def summarize(runs: list[dict[str, Any]], bare_info: dict[str, Any]) -> dict[str
         "forward_speed_vs_bare": median([b["forward_images_per_s"] / r["bare_images_per_s"]
                                          for b, r in zip(batcher, rstream, strict=True)]),
         "ratios_per_repeat": {"rstream_to_bare": [round(r["to_bare"], 3) for r in rstream],
+                              "rstream_to_dataloader": [round(x, 3) for x in to_loader],
                               "naive_to_bare": [round(r["to_bare"], 3) for r in naive],
                               "rstream_to_naive": [round(x, 3) for x in to_naive]},
         "bare_cpu_ms_per_image": median([b["cpu_ms_per_image"] for b in bares]),
@@ -299,6 +357,10 @@ def table(summary: dict[str, Any], profile: dict[str, Any]) -> str:
     rows.append(f"rstream/bare  {summary['rstream_to_bare']:.3f}  (model busy "
                 f"{summary['model_busy']:.2f} x forward speed "
                 f"{summary['forward_speed_vs_bare']:.2f})")
+    if summary["rstream_to_dataloader"]:
+        rows.append(f"rstream/dataloader {summary['rstream_to_dataloader']:.2f}   "
+                    f"dataloader/bare {summary['dataloader_to_bare']:.3f}   first lines "
+                    f"{summary['first_lines_s']} s, per-job overhead {summary['overhead_s']} s")
     if summary["rstream_to_naive"]:
         rows.append(f"rstream/naive {summary['rstream_to_naive']:.2f}   naive/bare "
                     f"{summary['naive_to_bare']:.3f}")

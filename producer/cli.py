@@ -197,6 +197,14 @@ def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p = models.add_parser("rollback", help="production back to the previous version")
     p.add_argument("name", help="the model whose production goes back")
     p.set_defaults(handler=_models("models_rollback_command"))
+    p = models.add_parser("export", help="write a model to an ONNX or TorchScript file, with "
+                          "its classes and preprocessing beside it (needs the worker extra)")
+    p.add_argument("ref", metavar="REF", help="a model reference: NAME, NAME@VERSION, "
+                   "torchvision:ARCH:WEIGHTS or random:ARCH")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (torch's current exporter) or torchscript (default onnx)")
+    p.add_argument("--out", required=True, help="the file to write (and FILE.json beside it)")
+    p.set_defaults(handler=_workers("models_export_command"))
 
 
 def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

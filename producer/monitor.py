@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from tqdm import tqdm
 
 from shared import workers
@@ -117,6 +118,7 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
         say = notice or ((lambda text: bar.write(text, file=sys.stderr)) if show_progress
                          else (lambda _: None))
         watch = _Watch(store, job_id, say)
+        wake = _Wakeup(store, job_id)  # a chunk done or the end wakes the loop at once
         while True:
             job = store.get(job_id)
             bar.total = max(job.listed_images if job.submitting else job.images, job.processed)
@@ -126,11 +128,42 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
                 break
             watch.check(job)
             if deadline is not None and time.monotonic() > deadline:
+                wake.close()
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
-            time.sleep(poll_s)
+            wake.wait(poll_s)
+        wake.close()
     if job.status == DONE and not storage.exists(manifest_uri(job.results, job_id)):
         write_manifest(storage, store, job_id)
     return job
+
+
+class _Wakeup:
+    """Sleeps until the job's next event or ``timeout``; plain sleeps once Redis fails (the
+    job record, polled, still says everything)."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.events: redis.client.PubSub | None = None
+        try:
+            self.events = store.events(job_id)
+        except redis.RedisError:
+            self.events = None
+
+    def wait(self, timeout: float) -> None:
+        if self.events is not None:
+            try:
+                self.events.get_message(timeout=timeout)
+                return
+            except redis.RedisError:
+                self.close()
+        time.sleep(timeout)
+
+    def close(self) -> None:
+        if self.events is not None:
+            try:
+                self.events.close()
+            except redis.RedisError:
+                pass
+            self.events = None
 
 
 class _Watch:

@@ -69,3 +69,37 @@ def beat_command(args: argparse.Namespace, settings: Settings) -> int:
     from worker import launcher
 
     return launcher.run_beat(settings)
+
+
+def models_export_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``rstream models export REF --format onnx|torchscript --out FILE``: the model, and a
+    JSON file beside it (FILE.json) with its classes and preprocessing."""
+    require_worker_extra("models export")
+    import json
+    import os
+    import tempfile
+
+    from shared.registry import Registry
+    from shared.storage import Storage
+    from worker.export import export
+    from worker.models import load_model
+
+    out = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise ConfigError(f"--out {args.out}: the folder {os.path.dirname(out)} does not exist")
+    loaded = load_model(args.ref, Registry(Storage(settings), settings.models))
+    data = export(loaded, args.format)
+    sidecar = {"model": loaded.model_id, "format": args.format, "arch": loaded.arch,
+               "input": {"name": "x", "shape": ["N", 3, loaded.preprocessing.crop,
+                                                loaded.preprocessing.crop],
+                         "dtype": "float32", "normalized": True},
+               "output": {"name": "logits", "shape": ["N", len(loaded.classes)]},
+               "preprocessing": loaded.preprocessing.to_dict(), "classes": loaded.classes}
+    for path, content in ((out, data), (out + ".json", json.dumps(sidecar, indent=2).encode())):
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".rstream-export-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)  # whole or not at all
+    print(f"{loaded.model_id}: {args.format} written to {out} ({len(data) / 1e6:.1f} MB), "
+          f"classes and preprocessing in {out}.json")
+    return 0

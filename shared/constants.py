@@ -19,6 +19,7 @@ JOB_DONE_KEY = REDIS_PREFIX + ":job:{job}:done"  # "chunk:generation" -> 1, once
 JOB_COUNTS_KEY = REDIS_PREFIX + ":job:{job}:counts"  # chunk -> {"ok", "failed", "models"}
 JOB_ERRORS_KEY = REDIS_PREFIX + ":job:{job}:errors"  # "chunk:generation" -> why it has no part
 JOBS_INDEX_KEY = REDIS_PREFIX + ":jobs"
+JOB_EVENTS_CHANNEL = REDIS_PREFIX + ":job-events:{job}"  # pub/sub: a chunk done, the job ended
 DEAD_LETTERS_KEY = REDIS_PREFIX + ":dead-letters"  # newest first; messages refused with why
 WORKER_KEY = REDIS_PREFIX + ":worker:{node}"  # a live worker's heartbeat (expires)
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"

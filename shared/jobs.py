@@ -34,6 +34,7 @@ from shared.constants import (
     JOB_COUNTS_KEY,
     JOB_DONE_KEY,
     JOB_ERRORS_KEY,
+    JOB_EVENTS_CHANNEL,
     JOB_KEY,
     JOB_SENT_KEY,
     JOBS_INDEX_KEY,
@@ -354,7 +355,18 @@ class JobStore:
         finished = int(self._complete([key, done, counts_key, sent], args))
         if finished < 0:
             raise InvalidMessage(f"job {job} never sent chunk {chunk} (generation {generation})")
+        self._tell(job, "finished" if finished else "chunk")
         return bool(finished)
+
+    def _tell(self, job: str, event: str) -> None:
+        """Let whoever waits on the job (``rstream wait``) know now, not at its next poll."""
+        self.redis.publish(JOB_EVENTS_CHANNEL.format(job=job), event)
+
+    def events(self, job: str) -> redis.client.PubSub:
+        """A subscription to the job's events (see :meth:`_tell`)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(JOB_EVENTS_CHANNEL.format(job=job))
+        return pubsub
 
     def record_failure(self, job: str, chunk: int, generation: int, error: str) -> None:
         """A chunk whose part could not be written, for good: `rstream status` shows it, and
@@ -364,12 +376,18 @@ class JobStore:
 
     def end_submit(self, job: str) -> bool:
         """The producer has sent every chunk; True when that finished the job (all done)."""
-        return bool(self._end_submit([JOB_KEY.format(job=job)], [time.time()]))
+        finished = bool(self._end_submit([JOB_KEY.format(job=job)], [time.time()]))
+        if finished:
+            self._tell(job, "finished")
+        return finished
 
     def fail(self, job: str, reason: str) -> bool:
         """Fail a running job as a whole (its model cannot be loaded): ``status`` and ``wait``
         say why at once; True for the one caller that failed it."""
-        return bool(self._fail([JOB_KEY.format(job=job)], [reason[:1000], time.time()]))
+        failed = bool(self._fail([JOB_KEY.format(job=job)], [reason[:1000], time.time()]))
+        if failed:
+            self._tell(job, "failed")
+        return failed
 
     def cancel(self, job: str) -> Job:
         current = self.get(job)

@@ -250,8 +250,8 @@ class Settings:
         "auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 autocast.",
         _choice("auto", "fp32", "fp16", "bf16"), "use auto, fp32, fp16 or bf16")
     backend: str = _setting(
-        "eager", "eager (PyTorch) or onnx (ONNX Runtime, CPU only; needs the onnx extra).",
-        _choice("eager", "onnx"), "use eager or onnx")
+        "auto", "auto (ONNX Runtime on the CPU when installed, eager PyTorch on CUDA), eager "
+        "or onnx (CPU only).", _choice("auto", "eager", "onnx"), "use auto, eager or onnx")
     model: str = _setting(
         "", "Default model reference: NAME, NAME@VERSION, torchvision:ARCH:WEIGHTS or random:ARCH.",
         _model, "use a model reference such as random:resnet18")

@@ -29,7 +29,7 @@ from worker import metrics, nvml
 from worker.batcher import Batcher, Prediction
 from worker.device import resolve_device
 from worker.models import load_model
-from worker.onnx import make_predictor
+from worker.onnx import OnnxPredictor, make_predictor
 from worker.predict import Predictor
 from worker.preprocess import Preprocessing, decode_image
 from worker.reload import ProductionTracker
@@ -71,20 +71,21 @@ class Engine:
         """
         predictor = self.predictor_for(model_ref)
         spec = predictor.preprocessing
-        decoded: list[Tensor | Exception] = list(
-            self._pool.map(lambda uri: self._fetch_decode(uri, spec), uris))
-        transient = next((item for item in decoded if isinstance(item, TransientError)), None)
+
+        def decode_then_submit(uri: str) -> Future[Prediction] | Exception:
+            # Each image goes to the batcher as soon as it is decoded, so the forward of the
+            # first images overlaps the decode of the rest (and of other chunks).
+            item = self._fetch_decode(uri, spec)
+            return item if isinstance(item, Exception) else self.batcher.submit(
+                [item], predictor)[0]
+
+        queued = list(self._pool.map(decode_then_submit, uris))
+        transient = next((item for item in queued if isinstance(item, TransientError)), None)
         if transient is not None:
             raise transient
-        images = [item for item in decoded if isinstance(item, Tensor)]
-        futures = iter(self.batcher.submit(images, predictor))
-        lines = []
-        for uri, item in zip(uris, decoded, strict=True):
-            if isinstance(item, Exception):
-                lines.append(error_line(uri, item))
-            else:
-                lines.append(_line(uri, next(futures), predictor.model_id))
-        return lines
+        return [error_line(uri, item) if isinstance(item, Exception)
+                else _line(uri, item, predictor.model_id)
+                for uri, item in zip(uris, queued, strict=True)]
 
     def predictor_for(self, ref: str, *, kind: str = "load") -> Predictor:
         """The predictor for ``ref``, loaded once per resolved version and cached; ``kind``
@@ -109,7 +110,8 @@ class Engine:
                 self._predictors[key] = predictor
                 self._loading.pop(key, None)
                 metrics.MODEL_INFO.labels(predictor.model_id).info({
-                    "device": str(self.device), "backend": self.settings.backend,
+                    "device": str(self.device),
+                    "backend": "onnx" if isinstance(predictor, OnnxPredictor) else "eager",
                     "precision": predictor.precision})
                 while len(self._predictors) > CACHED_PREDICTORS:
                     _, evicted = self._predictors.popitem(last=False)
@@ -146,7 +148,8 @@ class Engine:
         try:
             loaded = load_model(ref, self.registry)
             predictor = make_predictor(self.settings.backend, loaded, self.device,
-                                       self.settings.precision, self.settings.topk)
+                                       self.settings.precision, self.settings.topk,
+                                       registry=self.registry)
         except Exception as exc:
             metrics.MODEL_LOADS.labels(ref, kind, "failed", type(exc).__name__).inc()
             raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,28 @@ def test_cancel_and_retry_of_running_job(store: JobStore) -> None:
     with pytest.raises(PermanentError, match="still running"):
         store.start_retry(job)
     assert store.cancel(job).status == CANCELLED
+
+
+def test_wait_learns_of_the_end_at_once_not_at_its_next_poll(store: JobStore,
+                                                           tmp_path: Path) -> None:
+    from producer import monitor
+    from shared.storage import Storage
+    from tests.conftest import make_settings
+
+    job = new_job(store)
+    store.mark_sent(job, 0, 0, 4)
+    store.end_submit(job)
+    storage = Storage(make_settings(storage_root=str(tmp_path)))
+    ended: list[float] = []
+
+    def wait() -> None:
+        monitor.wait(store, storage, job, show_progress=False, poll_s=30.0)
+        ended.append(time.monotonic())
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)  # the waiter is in its 30 s sleep
+    finished_at = time.monotonic()
+    assert store.complete(job, 0, 0, counts(4, 0))
+    waiter.join(20)
+    assert ended and ended[0] - finished_at < 5, "woken by the job's event, not its poll"

@@ -59,7 +59,10 @@ def pipeline_settings(redis_url: str, root: Path, **overrides: Any) -> Settings:
         "redis_url": redis_url, "storage_root": str(root), "chunk_size": 16, "max_batch": 32,
         "max_delay_ms": 20.0, "decode_threads": 4, "concurrency": 2, "device": "cpu",
         "task_time_limit": 60, "visibility_timeout": 120, "max_pending_chunks": 0,
-        "reload_interval": 1.0}
+        "reload_interval": 1.0,
+        # Eager by default here: each new registry version would cost an ONNX export (tens of
+        # seconds on two cores); the module's own worker below runs the default (auto: ONNX).
+        "backend": "eager"}
     base.update(overrides)
     return make_settings(**base)
 
@@ -79,7 +82,7 @@ def env(redis_server: str, moto_server: str, bucket: str,
     root = tmp_path_factory.mktemp("root")
     settings = pipeline_settings(redis_server, root, s3_endpoint_url=moto_server,
                                  allowed_buckets=(bucket,), s3_max_attempts=3,
-                                 metrics_port=free_port())
+                                 metrics_port=free_port(), backend="auto")
     model = save_tiny_model(settings)
     worker = WorkerProcess(settings, root.parent / "worker.log", "pipeline").wait_ready()
     yield settings, model
@@ -377,7 +380,11 @@ def test_worker_metrics_name_the_model_and_each_failure_reason(
     assert delta("rstream_queue_wait_seconds_count") == 22, "each good image waited for a batch"
     assert delta("rstream_batch_images_sum") == 22, "every good image went through a batch"
     assert delta("rstream_forward_seconds_count") >= 1
-    assert sample(after, "rstream_model_info", model=model, device="cpu", backend="eager",
+    # The default backend on the CPU is ONNX Runtime, with the export kept next to the weights
+    name, version = model.split("@")
+    registry = Registry(client.storage, settings.models)
+    assert client.storage.exists(registry.version_uri(name, version, "model.onnx"))
+    assert sample(after, "rstream_model_info", model=model, device="cpu", backend="onnx",
                   precision="fp32") == 1
     assert sample(after, "rstream_model_loads_total", model=model, kind="load", result="ok",
                   reason="") == 1, "loaded once by this process, whatever ran before"

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from producer.feeds import FolderFeed, member
-from producer.job_commands import _explain
+from producer.monitor import notes
 from producer.submit import Client, resume
 from producer.watch import Watcher, WatchSpec
 from producer.watch_commands import print_watches
@@ -368,7 +368,8 @@ def test_status_lists_the_watches_their_lag_and_open_windows(
     assert "watch w: running (pid " in out and "in/ (seen-record)" in out, out
     assert "lag 20.0 s (2 chunk(s) waiting)" in out, out
     assert "window watch-w-202701150800 open until 2027-01-15 08:01:00 UTC: 0/3 images" in out
-    lines = _explain(client, client.jobs.get("watch-w-202701150800"), client.settings)
+    lines = notes(client.jobs, client.jobs.get("watch-w-202701150800"),
+                  client.settings.visibility_timeout)
     assert lines == ["an open window of watch w, until 08:01:00 UTC: 3 images recorded so far",
                      "waiting: no worker is running (none has sent a heartbeat to rstream in "
                      "10 s): start one with `rstream worker`"], lines

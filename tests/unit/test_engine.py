@@ -73,8 +73,11 @@ class FlakyBackend(LocalBackend):
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    # eager: these tests reach into the predictor's module (tests/unit/test_export.py and
+    # test_onnx.py cover the ONNX backend, the CPU default)
     return make_settings(storage_root=str(tmp_path), device="cpu", max_batch=4,
-                         max_delay_ms=5.0, decode_threads=2, topk=3, task_max_retries=2)
+                         max_delay_ms=5.0, decode_threads=2, topk=3, task_max_retries=2,
+                         backend="eager")
 
 
 @pytest.fixture
@@ -263,3 +266,38 @@ def test_one_call_fetches_while_another_call_is_on_the_device(
         first.join(30)
         second.join(30)
     assert [line["ok"] for line in done[0]] == [True] * 4
+
+
+class SlowBackend(LocalBackend):
+    """Reads of one key wait for the test to let them through (a slow object on S3)."""
+
+    def __init__(self, root: str, slow: str) -> None:
+        super().__init__(root)
+        self.slow, self.release = slow, threading.Event()
+
+    def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        if key == self.slow:
+            assert self.release.wait(30), "the test never released the slow read"
+        return super().read_versioned(key, max_bytes)
+
+
+def test_images_reach_the_batcher_as_each_is_decoded(
+        settings: Settings, storage: Storage, registry: Registry) -> None:
+    slow = SlowBackend(settings.storage_root, "img/coffee.png.jpg")
+    storage.local = slow
+    others = [f"img/{name}.jpg" for name in GOOD if name != "coffee.png"]
+    uris = ["img/coffee.png.jpg", *others]
+    done: list[list[dict[str, Any]]] = []
+    with Engine(settings, storage, registry) as engine:
+        engine.predictor_for("random:resnet18:classes=10")
+        call = threading.Thread(target=lambda: done.append(
+            engine.score(uris, "random:resnet18:classes=10")))
+        call.start()
+        deadline = time.monotonic() + 30
+        while engine.batcher.stats()["images"] < len(others) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        forwarded = engine.batcher.stats()["images"]
+        slow.release.set()
+        call.join(30)
+    assert forwarded == len(others), "the decoded images ran while one was still fetched"
+    assert [line["ok"] for line in done[0]] == [True] * len(uris)

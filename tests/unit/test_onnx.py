@@ -11,7 +11,7 @@ from worker.onnx import OnnxPredictor, make_predictor
 from worker.predict import Predictor
 from worker.preprocess import Preprocessing
 
-pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxruntime", reason="the worker extra (onnxruntime) is not installed")
 
 CPU = torch.device("cpu")
 
