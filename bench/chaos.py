@@ -32,7 +32,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from bench.services import machine, moto_server
+from bench.services import emit, machine, moto_server
 from producer import monitor
 from producer.submit import Client, resume, submit
 from shared.manifest import manifest_uri
@@ -40,20 +40,8 @@ from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.integration.pipeline_data import bad_images
-from tests.services import RedisServer, WorkerProcess
+from tests.services import RedisServer, WorkerProcess, publish_random_model
 from worker.samples import variants
-
-
-def publish_model(settings: Settings) -> str:
-    from worker.models import load_model, save_model
-    from worker.preprocess import Preprocessing
-
-    registry = Registry(Storage(settings), settings.models)
-    loaded = load_model("random:resnet18:classes=10:seed=3")
-    version = save_model(registry, "chaos", loaded.module, arch="resnet18",
-                         classes=[f"c{i}" for i in range(10)],
-                         preprocessing=Preprocessing())  # 224 px: the job outlasts the kills
-    return f"chaos@{version}"
 
 
 def write_images(storage: Storage, prefix: str, count: int) -> list[str]:
@@ -153,7 +141,8 @@ def _run(opts: argparse.Namespace, run: int, work: Path, redis: RedisServer,
         prefix = "s3://chaos/images/"
     settings = Settings.from_env({}, **overrides)
     client = Client(settings)
-    model = publish_model(settings)
+    # 224 px (the real workload): the job outlasts the kills
+    model = publish_random_model(settings, "chaos", seed=3, resize=256, crop=224)
     uris = write_images(client.storage, prefix, opts.images)
     expected = truth(settings, uris, model)
     workers = Workers(settings, work)
@@ -250,10 +239,7 @@ def main() -> None:
                                   for r in runs),
               "median_seconds_to_finish": statistics.median(r["seconds_to_finish"]
                                                             for r in runs)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if opts.out:
-        Path(opts.out).write_text(text + "\n")
+    emit(report, opts.out)
 
 
 if __name__ == "__main__":

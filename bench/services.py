@@ -4,12 +4,14 @@ redis-server, moto's S3 server, worker processes) and CPU and memory counters re
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from shared.settings import Settings
 from tests.services import RedisServer, ServiceUnavailable, WorkerProcess
@@ -93,3 +95,11 @@ def machine() -> dict[str, object]:
         pass
     return {"cpu_count": os.cpu_count(), "cpu": model, "python": platform.python_version(),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def emit(report: dict[str, Any], out: str | None) -> None:
+    """Print a benchmark's JSON report, and write it to ``out`` too when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

@@ -27,7 +27,6 @@ watcher recorded there, and the window jobs.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import tempfile
@@ -36,14 +35,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.services import machine, redis_server, start_worker
+from bench.services import emit, machine, redis_server, start_worker
 from producer import monitor
 from producer.submit import Client, submit
-from shared.registry import Registry
 from shared.results import part_uris, read_part
 from shared.settings import Settings
-from shared.storage import Storage
-from tests.services import WatcherProcess, free_port
+from tests.services import WatcherProcess, free_port, publish_random_model
 from worker.samples import variants
 
 MODEL = "random:resnet18"
@@ -53,18 +50,6 @@ METRIC = re.compile(r'^(rstream_watch_\w+)\{watch="bench"\} (\S+)$', re.M)
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     return {name: float(value) for name, value in METRIC.findall(text.decode())}
-
-
-def publish_tiny(settings: Settings) -> str:
-    from worker.models import load_model, save_model
-    from worker.preprocess import Preprocessing
-
-    registry = Registry(Storage(settings), settings.models)
-    loaded = load_model("random:resnet18:classes=10:seed=1")
-    version = save_model(registry, "tiny", loaded.module, arch="resnet18",
-                         classes=[f"c{i}" for i in range(10)],
-                         preprocessing=Preprocessing(resize=72, crop=64))
-    return f"tiny@{version}"
 
 
 def throughput(client: Client, blobs: list[bytes], probe: int, model: str) -> float:
@@ -165,7 +150,7 @@ def main() -> None:
             {}, redis_url=url, storage_root=work, device="cpu", chunk_size=64, max_batch=64,
             concurrency=2, decode_threads=2, max_pending_chunks=16)
         client = Client(settings)
-        model = publish_tiny(settings) if opts.tiny else MODEL
+        model = publish_random_model(settings, "tiny") if opts.tiny else MODEL
         workers = [start_worker("worker.app", "infer", settings, Path(work) / f"w{i}.log",
                                 {"OMP_WAIT_POLICY": "PASSIVE"}) for i in range(opts.workers)]
         for worker in workers:
@@ -207,10 +192,7 @@ def main() -> None:
                 watcher.kill()
             for worker in workers:
                 worker.stop()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if opts.out:
-        Path(opts.out).write_text(text + "\n")
+    emit(report, opts.out)
 
 
 if __name__ == "__main__":

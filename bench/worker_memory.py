@@ -16,7 +16,6 @@ and I/O paths whose memory this measures.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import threading
@@ -24,13 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.services import machine, redis_server, start_worker
+from bench.services import emit, machine, redis_server, start_worker
 from producer import monitor
 from producer.submit import Client, submit
-from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.integration.pipeline_data import bad_images
+from tests.services import publish_random_model
 from worker.samples import variants
 
 DISTINCT = 400  # distinct good images; the rest are copies under other names
@@ -61,18 +60,6 @@ def write_images(storage: Storage, prefix: str, count: int, seed: int) -> dict[s
     return kinds
 
 
-def publish_model(settings: Settings) -> str:
-    from worker.models import load_model, save_model
-    from worker.preprocess import Preprocessing
-
-    registry = Registry(Storage(settings), settings.models)
-    loaded = load_model("random:resnet18:classes=10:seed=1")
-    version = save_model(registry, "mem", loaded.module, arch="resnet18",
-                         classes=[f"c{i}" for i in range(10)],
-                         preprocessing=Preprocessing(resize=72, crop=64))
-    return f"mem@{version}"
-
-
 def run_job(client: Client, source: str, model: str) -> Any:
     job = submit(source, model=model, client=client)
     return monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=3600)
@@ -91,7 +78,7 @@ def main() -> None:
             concurrency=2, decode_threads=2, max_pending_chunks=0,
             max_object_bytes=1_000_000)  # the "too large" bad file is 1.5 MB
         client = Client(settings)
-        model = publish_model(settings)
+        model = publish_random_model(settings, "mem")
         write_images(client.storage, "warm", opts.warm_up, seed=1)
         kinds = write_images(client.storage, "stream", opts.images, seed=2)
         worker = start_worker("worker.app", "infer", settings, Path(work) / "worker.log",
@@ -125,10 +112,7 @@ def main() -> None:
         "limit_mb": LIMIT_MB, "within_limit": growth < LIMIT_MB,
         "images_per_s": round(opts.images / seconds, 1),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if opts.out:
-        Path(opts.out).write_text(text + "\n")
+    emit(report, opts.out)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,42 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
-class WorkerProcess:
+class LoggedProcess:
+    """A child process with its output in a log file: SIGKILL it, or stop it gracefully."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _log: Any
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL (an OOM kill, a lost machine), and reap it: a zombie would still look
+        alive to whatever comes next."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (a warm shutdown: running work finishes), then SIGKILL after ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return int(self.process.returncode)
+
+
+class WorkerProcess(LoggedProcess):
     """One rstream worker process with its log in a file, started as ``rstream worker`` would
     start it (the command line comes from :func:`worker.launcher.worker_command`).
 
@@ -215,13 +250,6 @@ class WorkerProcess:
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_ready(self, timeout_s: float = WORKER_READY_TIMEOUT_S) -> WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while "ready." not in self.log():
@@ -232,27 +260,9 @@ class WorkerProcess:
             time.sleep(0.1)
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: the worker dies mid-work, as on an OOM kill or a lost machine."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self._log.close()
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (Celery's warm shutdown), then SIGKILL after ``timeout_s``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return int(self.process.returncode)
 
 
-class WatcherProcess:
+class WatcherProcess(LoggedProcess):
     """``rstream watch ARGS`` as a process (``python -m producer.cli watch``), its log in a
     file. With ``hook`` (``POINT:N``, see tests/watch_hook.py) it runs through that module,
     which pauses the watcher the N-th time it reaches POINT after writing ``marker``, so that
@@ -274,9 +284,6 @@ class WatcherProcess:
                                         cwd=REPO, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_for(self, text: str, timeout_s: float = 60.0) -> WatcherProcess:
         """Wait until ``text`` is in the log; RuntimeError if the watcher exits first."""
         deadline = time.monotonic() + timeout_s
@@ -290,21 +297,22 @@ class WatcherProcess:
             time.sleep(0.05)
         return self
 
-    def kill(self) -> None:
-        """SIGKILL, and reap it (a zombie would still look alive to the next watcher)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self._log.close()
 
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM (the watcher finishes its step), then SIGKILL after ``timeout_s``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return int(self.process.returncode)
+def publish_random_model(settings: Settings, name: str = "tiny", *, seed: int = 1,
+                         classes: int = 10, resize: int = 72, crop: int = 64) -> str:
+    """A seeded random resnet18 published in the registry of ``settings``: ``NAME@VERSION``.
+
+    The 64 px input keeps the forward pass cheap where the pipeline, not the model, is under
+    test; pass ``resize=256, crop=224`` for the real workload.
+    """
+    from shared.registry import Registry
+    from shared.storage import Storage
+    from worker.models import load_model, save_model
+    from worker.preprocess import Preprocessing
+
+    loaded = load_model(f"random:resnet18:classes={classes}:seed={seed}")
+    registry = Registry(Storage(settings), settings.models)
+    version = save_model(registry, name, loaded.module, arch="resnet18",
+                         classes=[f"digit-{i}" for i in range(classes)],
+                         preprocessing=Preprocessing(resize=resize, crop=crop))
+    return f"{name}@{version}"

@@ -34,24 +34,23 @@ from shared.manifest import manifest_uri
 from shared.registry import Registry
 from shared.results import part_uri, part_uris
 from shared.settings import Settings
-from shared.storage import Storage, join
+from shared.storage import join
 from tests.conftest import make_settings
 from tests.integration.pipeline_data import good_images, write_dataset
-from tests.services import WorkerProcess, free_port, http_get, sample, scrape
+from tests.services import (
+    WorkerProcess,
+    free_port,
+    http_get,
+    publish_random_model,
+    sample,
+    scrape,
+)
 
 WAIT_S = 240.0
 
 
 def save_tiny_model(settings: Settings, name: str = "tiny") -> str:
-    from worker.models import load_model, save_model
-    from worker.preprocess import Preprocessing
-
-    loaded = load_model("random:resnet18:classes=10:seed=1")
-    registry = Registry(Storage(settings), settings.models)
-    version = save_model(registry, name, loaded.module, arch="resnet18",
-                         classes=[f"digit-{i}" for i in range(10)],
-                         preprocessing=Preprocessing(resize=72, crop=64))
-    return f"{name}@{version}"
+    return publish_random_model(settings, name)
 
 
 def pipeline_settings(redis_url: str, root: Path, **overrides: Any) -> Settings:
