@@ -18,7 +18,7 @@ from producer.submit import Client
 from shared import modelref
 from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
 from shared.errors import ConfigError, NotFoundError
-from shared.finetune_config import TrainConfig, check_overrides
+from shared.finetune_config import TrainConfig, check_overrides, preset
 from shared.finetune_runs import TrainRuns
 from shared.modelref import check_name
 from shared.registry import Registry
@@ -47,16 +47,19 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
 def _checked_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """The run's options, every one checked here, so a mistake is one line now rather than a
     traceback in the trainer's log."""
-    overrides = check_overrides(_training_options(args.set)) if args.set else {}
-    TrainConfig(mode=args.mode or settings.train_mode,
-                epochs=args.epochs or settings.train_epochs, **overrides)
+    chosen = preset(args.preset) if args.preset else {}
+    preset_mode, preset_epochs = chosen.pop("mode", None), chosen.pop("epochs", None)
+    mode, epochs = args.mode or preset_mode, args.epochs or preset_epochs
+    overrides = check_overrides({**chosen, **_training_options(args.set)})
+    TrainConfig(mode=mode or settings.train_mode, epochs=epochs or settings.train_epochs,
+                **overrides)
     if args.name:
         check_name(args.name)
     if args.start:
         modelref.parse(args.start)
     if args.data:
         dataclasses.replace(settings, train_data=args.data)  # the setting's own checks
-    options = {"name": args.name, "mode": args.mode, "epochs": args.epochs,
+    options = {"name": args.name, "mode": mode, "epochs": epochs,
                "start": args.start, "force": args.force or None, "data": args.data,
                "overrides": overrides or None}
     return {key: value for key, value in options.items() if value is not None}
@@ -106,8 +109,9 @@ def models_ls_command(args: argparse.Namespace, settings: Settings) -> int:
             accuracy = meta.get("metrics", {}).get("val_accuracy")
             shown = "-" if accuracy is None else f"{accuracy:.4f}"
             mark = "*" if version == production else " "
+            note = meta.get("gate", {}).get("reason") or meta.get("imported", {}).get("reason", "")
             print(f"{mark} {name}@{version}\t{meta.get('arch')}\t{len(meta.get('classes', []))} "
-                  f"classes\tval_acc {shown}\t{meta.get('gate', {}).get('reason', '')}")
+                  f"classes\tval_acc {shown}\t{note}")
     return 0
 
 
