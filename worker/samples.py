@@ -111,7 +111,7 @@ def digit_pngs(count: int = DIGITS, start: int = 0) -> Iterator[tuple[str, bytes
 
 
 def write_digits(storage: Storage, prefix: str, heldout: int) -> tuple[int, int]:
-    """Every digit under ``prefix``: the last ``heldout`` (writers the rest never saw) in
+    """Every digit under ``prefix``: the last ``heldout`` in
     ``{prefix}/heldout/{digit}/``, the others in ``{prefix}/train/{digit}/``; the two counts."""
     if not 0 <= heldout < DIGITS:
         raise ConfigError(f"--heldout {heldout} is invalid: use 0 to {DIGITS - 1}")

@@ -146,7 +146,9 @@ def test_models_and_train_commands(host: Host) -> None:
     assert train.stdout.startswith("train-")
 
 
-@pytest.mark.parametrize("command", [["score", "photos"], ["worker"], ["samples", "x"]])
+@pytest.mark.parametrize("command", [
+    ["score", "photos"], ["worker"], ["samples", "x"],
+    ["models", "import", "m.pt", "--name", "x", "--arch", "resnet18", "--labels", "l.txt"]])
 def test_worker_commands_name_the_missing_extra_in_one_line(host: Host,
                                                             command: list[str]) -> None:
     result = host.run(*command)

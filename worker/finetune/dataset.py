@@ -1,7 +1,10 @@
-"""Labelled training images: listing, the validation split, the data fingerprint, datasets.
+"""Labelled training images: listing, the three splits, the run fingerprint, augmentation,
+datasets.
 
 Labelled data is either a prefix laid out as ``{prefix}/{class}/...`` (any depth below the
 class folder) or a JSONL labels manifest, one ``{"uri": ..., "label": ...}`` per line.
+Training samples are the whole image decoded and augmented (:class:`Augmentation`);
+evaluation samples are decoded like serving decodes them.
 """
 
 from __future__ import annotations
