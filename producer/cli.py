@@ -19,7 +19,9 @@ import redis
 
 from shared.connections import redis_problem
 from shared.errors import ConfigError, RstreamError
+from shared.finetune_config import MODES, PRESETS
 from shared.logs import configure
+from shared.modelref import ARCHS
 from shared.settings import Settings, markdown_table
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -141,6 +143,11 @@ def _add_worker_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--size", help="WIDTHxHEIGHT of every image (default: mixed sizes "
                    "48-400 px, one in four a PNG)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the crops (default 0)")
+    p.add_argument("--digits", action="store_true", help="write scikit-learn's 1,797 "
+                   "labelled handwritten digits instead: PREFIX/train/{digit}/*.png and "
+                   "PREFIX/heldout/{digit}/*.png")
+    p.add_argument("--heldout", type=int, default=297, help="with --digits: how many (the "
+                   "last ones) go to heldout/ (default 297)")
     p.set_defaults(handler=_workers("samples_command"))
 
     p = commands.add_parser("worker", help="start inference workers: one process per GPU, "
@@ -171,14 +178,17 @@ def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
                    "RSTREAM_TRAIN_MODEL)")
     p.add_argument("--data", help="labelled images, {data}/{class}/* or a JSONL labels "
                    "manifest (default: RSTREAM_TRAIN_DATA)")
-    p.add_argument("--mode", choices=("feature-extract", "finetune"),
-                   help="train a new fc only, or layer4 + fc (default: RSTREAM_TRAIN_MODE)")
+    p.add_argument("--mode", choices=MODES, help="train a new fc only, layer4 + fc, or every "
+                   "layer (default: RSTREAM_TRAIN_MODE)")
     p.add_argument("--epochs", type=_positive, help="most epochs (default: "
                    "RSTREAM_TRAIN_EPOCHS)")
     p.add_argument("--start", help="start from this model reference instead of production "
                    "(default: production, else RSTREAM_TRAIN_BASE)")
     p.add_argument("--force", action="store_true", help="train even if production was "
                    "trained on the same data")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named set of options "
+                   "(digits: 32 px glyphs from a random init); --mode, --epochs and --set "
+                   "override its own")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="advanced: a training option, repeatable, checked here (e.g. "
                    "--set resize=36 --set crop=32 --set batch_size=16)")
@@ -205,6 +215,21 @@ def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
                    help="onnx (torch's current exporter) or torchscript (default onnx)")
     p.add_argument("--out", required=True, help="the file to write (and FILE.json beside it)")
     p.set_defaults(handler=_workers("models_export_command"))
+    p = models.add_parser("import", help="publish a state_dict from your own torchvision "
+                          "training script as a new version (needs the worker extra)")
+    p.add_argument("file", help=".pt/.pth (read with torch.load(weights_only=True)) or "
+                   ".safetensors: a state_dict, alone or under \"model\" / \"state_dict\"")
+    p.add_argument("--name", required=True, dest="model_name",
+                   help="the model name to publish under")
+    p.add_argument("--arch", required=True, choices=ARCHS, help="the torchvision architecture")
+    p.add_argument("--labels", required=True, help="class names in output order: one per line, "
+                   "or a .json list")
+    p.add_argument("--promote", action="store_true", help="make it the production version")
+    p.add_argument("--resize", type=_positive, default=256,
+                   help="eval transform: shorter side resized to this (default 256)")
+    p.add_argument("--crop", type=_positive, default=224,
+                   help="eval transform: center crop (default 224)")
+    p.set_defaults(handler=_workers("models_import_command"))
 
 
 def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -98,6 +98,8 @@ class TrainBody(BaseModel):
     data: str | None = Field(None, max_length=4096)
     start: str | None = Field(None, max_length=512)
     force: bool = False
+    preset: str | None = Field(None, max_length=64, description="a named set of options "
+                               "(--preset)")
     options: dict[str, Any] | None = Field(None, description="advanced options (--set)")
 
 
@@ -327,7 +329,8 @@ def _model_routes(app: FastAPI, ctx: _Context) -> None:
         """Send a fine-tune run to the trainer; its run id."""
         options = training.checked_options(
             ctx.settings, name=body.name, mode=body.mode, epochs=body.epochs,
-            start=body.start, force=body.force, data=body.data, overrides=body.options)
+            start=body.start, force=body.force, data=body.data, overrides=body.options,
+            preset_name=body.preset)
         run = training.start_run(ctx.client, options)
         return {"run": run, "url": f"/v1/train/{run}"}
 

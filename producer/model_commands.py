@@ -26,7 +26,8 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
                           "[OPTIONS]` to start a run, `rstream train status RUN` to follow one")
     options = training.checked_options(
         settings, name=args.name, mode=args.mode, epochs=args.epochs, start=args.start,
-        force=args.force, data=args.data, overrides=_training_options(args.set))
+        force=args.force, data=args.data, overrides=_training_options(args.set),
+        preset_name=args.preset)
     client = Client(settings)
     run = training.start_run(client, options)
     print(run)

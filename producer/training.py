@@ -16,7 +16,7 @@ from producer.submit import Client
 from shared import modelref
 from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
 from shared.errors import NotFoundError
-from shared.finetune_config import TrainConfig, check_overrides
+from shared.finetune_config import TrainConfig, check_overrides, preset
 from shared.finetune_runs import TrainRuns
 from shared.modelref import check_name
 from shared.registry import Registry
@@ -25,10 +25,14 @@ from shared.settings import Settings
 
 def checked_options(settings: Settings, *, name: str | None = None, mode: str | None = None,
                     epochs: int | None = None, start: str | None = None, force: bool = False,
-                    data: str | None = None,
-                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The options of one run, each checked; what the ``finetune`` task receives."""
-    overrides = check_overrides(overrides or {})
+                    data: str | None = None, overrides: Mapping[str, Any] | None = None,
+                    preset_name: str | None = None) -> dict[str, Any]:
+    """The options of one run, each checked; what the ``finetune`` task receives. A preset
+    gives defaults that ``mode``, ``epochs`` and ``overrides`` win over."""
+    chosen = preset(preset_name) if preset_name else {}
+    preset_mode, preset_epochs = chosen.pop("mode", None), chosen.pop("epochs", None)
+    mode, epochs = mode or preset_mode, epochs or preset_epochs
+    overrides = check_overrides({**chosen, **(overrides or {})})
     TrainConfig(mode=mode or settings.train_mode, epochs=epochs or settings.train_epochs,
                 **overrides)
     if name:
@@ -69,7 +73,8 @@ def model_versions(registry: Registry, name: str) -> dict[str, Any]:
             "version": version, "arch": meta.get("arch"),
             "classes": len(meta.get("classes", [])), "created_at": meta.get("created_at"),
             "val_accuracy": meta.get("metrics", {}).get("val_accuracy"),
-            "gate": meta.get("gate", {}).get("reason", "")})
+            "gate": meta.get("gate", {}).get("reason")
+            or meta.get("imported", {}).get("reason", "")})
     return {"name": name, "production": pointer["version"] if pointer else None,
             "previous": pointer.get("previous", []) if pointer else [], "versions": versions}
 

@@ -1,4 +1,4 @@
-"""Handlers of the commands that start worker code: score, samples, worker, beat.
+"""Handlers of the commands that run worker code: score, samples, worker, beat, models import.
 
 The only producer module that imports ``worker``, and only inside the handlers, so that
 ``rstream submit`` and the other job commands run on a host without torch.
@@ -34,9 +34,16 @@ def score_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def samples_command(args: argparse.Namespace, settings: Settings) -> int:
     require_worker_extra("samples")
-    from shared.storage import Storage
+    from shared.storage import Storage, join
     from worker.samples import write_samples
 
+    if args.digits:
+        from worker.samples import write_digits
+
+        train, heldout = write_digits(Storage(settings), args.prefix, args.heldout)
+        print(f"wrote {train} labelled digits under {join(args.prefix, 'train')}/ and {heldout} "
+              f"held out under {join(args.prefix, 'heldout')}/")
+        return 0
     size = None
     if args.size:
         width, _, height = args.size.partition("x")
@@ -102,4 +109,22 @@ def models_export_command(args: argparse.Namespace, settings: Settings) -> int:
         os.replace(tmp, path)  # whole or not at all
     print(f"{loaded.model_id}: {args.format} written to {out} ({len(data) / 1e6:.1f} MB), "
           f"classes and preprocessing in {out}.json")
+    return 0
+
+
+def models_import_command(args: argparse.Namespace, settings: Settings) -> int:
+    require_worker_extra("models import")
+    from pathlib import Path
+
+    from shared.registry import Registry
+    from shared.storage import Storage
+    from worker.checkpoints import import_checkpoint
+    from worker.preprocess import Preprocessing
+
+    registry = Registry(Storage(settings), settings.models)
+    version = import_checkpoint(registry, Path(args.file), name=args.model_name, arch=args.arch,
+                                labels_path=Path(args.labels),
+                                preprocessing=Preprocessing(resize=args.resize, crop=args.crop),
+                                promote=args.promote)
+    print(f"{args.model_name}@{version}" + (" (now in production)" if args.promote else ""))
     return 0

@@ -287,14 +287,16 @@ class Settings:
         "0 3 * * *", "Cron expression (UTC) for the scheduled fine-tune.", _cron,
         "use five cron fields, e.g. '0 3 * * *'")
     promote_tolerance: float = _setting(
-        0.0, "A candidate is promoted when its accuracy >= production's minus this.",
+        0.0, "A candidate is promoted when its accuracy > production's minus this (a tie "
+        "keeps production).",
         _float(0.0), "use a number >= 0")
     train_model: str = _setting(
         "rstream", "Registry name that scheduled fine-tunes publish to and train from.",
         _model_name, "use letters, digits, '.', '_' or '-'")
     train_mode: str = _setting(
-        "finetune", "feature-extract (new fc only) or finetune (layer4 + fc).",
-        _choice("feature-extract", "finetune"), "use feature-extract or finetune")
+        "finetune", "feature-extract (new fc only), finetune (layer4 + fc) or full (every "
+        "layer, for a random init).", _choice("feature-extract", "finetune", "full"),
+        "use feature-extract, finetune or full")
     train_epochs: int = _setting(
         10, "Most epochs of one fine-tune (early stopping may end it sooner).", _int(1, 1000),
         "use an integer from 1 to 1000")

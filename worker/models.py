@@ -82,8 +82,9 @@ def _load_torchvision(ref: ModelRef) -> LoadedModel:
     if not os.path.isfile(path):
         raise ModelError(
             f"torchvision:{ref.arch}:{weights.name} needs the file {filename} in "
-            f"{os.path.dirname(path)} (rstream never downloads weights): copy it there from a "
-            "machine that has it, or set TORCH_HOME to a directory whose checkpoints/ holds it")
+            f"{os.path.dirname(path)} (rstream never downloads weights): fetch it from "
+            f"{weights.url} on a machine with internet and copy it there, or set TORCH_HOME "
+            "to a directory whose checkpoints/ holds it")
     try:  # weights_only: tensors and plain containers, never an arbitrary object's code
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:

@@ -9,19 +9,18 @@ the predictor on the device).
 Decode paths; :func:`choose_path` picks one per image, ``decode_image(path=...)`` forces one:
 
 - ``exact``: PIL decodes the whole image, resizes it with PIL and crops; bit-identical to the
-  reference. Used for every non-JPEG, CMYK JPEGs, non-bilinear specs below the draft threshold,
-  and ``crop > resize`` (zero padding, as torchvision's ``CenterCrop`` does).
+  reference. Used for every non-JPEG, CMYK JPEGs, non-bilinear specs, and ``crop > resize``
+  (zero padding, as torchvision's ``CenterCrop`` does).
 - ``tensor``: ``torchvision.io.decode_jpeg`` (EXIF orientation applied) and torchvision's uint8
-  antialiased bilinear resize. JPEGs smaller than twice the resize target, RGB or grayscale,
-  bilinear specs. Pixels within one uint8 level of the reference; about 1.6x the speed of
-  ``exact`` on 500x375 here. (torchvision 0.29 deprecates its image decoders in favour of
-  TorchCodec; pyproject pins 0.29.)
+  antialiased bilinear resize. RGB or grayscale JPEGs of any size under a bilinear spec.
+  Pixels within one uint8 level of the reference, and its top-1 class on at least 99% of the
+  photos of each size measured (bench/decode_agreement.py, README "Images"). (torchvision
+  0.29 deprecates its image decoders in favour of TorchCodec; pyproject pins 0.29.)
 - ``draft``: PIL's JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale (the smallest DCT scale
-  whose sides stay at or above the resize target), then PIL resizes straight into the crop.
-  JPEGs at least twice the target. Not bit-identical: on 1920x1080 photos the mean input
-  difference is 1-2 uint8 levels and the largest about 35, at sharp edges; top-5 classes of the
-  test photos are unchanged (tests/unit/test_preprocess.py pins the bounds). 4x (1920x1080)
-  to 6x (4000x3000) the speed of ``exact``.
+  that leaves at least a ``DRAFT_MIN_RESIZE`` x bilinear resize after it), then PIL resizes
+  straight into the crop. Only when forced: even with a 4x margin it kept the reference's top-1
+  class on fewer than 99% of large photos for some probes (README, "Images"), and smaller
+  margins do worse.
 
 Modes become RGB the way the reference loader does it (``convert("RGB")``: alpha is dropped,
 palettes expanded, CMYK converted), except 16-bit grayscale, which Pillow would clip at 255:
@@ -67,6 +66,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 PATHS = ("exact", "tensor", "draft")
+# The draft path decodes at a DCT scale that leaves at least this much shrinking to the bilinear
+# resize: a drafted image just above the target leaves the smoothing to the 4- or 8-pixel DCT
+# downscale, which changed top-1 classes (bench/decode_agreement.py measures each target).
+DRAFT_MIN_RESIZE = 4
 
 # torchvision's InterpolationMode values -> PIL filters (torchvision's own mapping for PIL input).
 _PIL_FILTERS = {
@@ -150,15 +153,28 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def choose_path(img: Image.Image, spec: Preprocessing) -> str:
-    """The fastest decode path that keeps the parity the module docstring states."""
-    if not isinstance(img, JpegImagePlugin.JpegImageFile) or spec.crop > spec.resize:
-        return "exact"
-    target_w, target_h = resized_size(img.width, img.height, spec.resize)
-    if min(img.width // target_w, img.height // target_h) >= 2:
-        return "draft"
-    if img.mode in ("RGB", "L") and spec.interpolation == "bilinear":
+    """The fastest decode path that keeps the top-1 agreement the module docstring states:
+    ``tensor`` for RGB and grayscale JPEGs under a bilinear spec, ``exact`` otherwise. The
+    ``draft`` path is never chosen here (see the module docstring)."""
+    if (isinstance(img, JpegImagePlugin.JpegImageFile) and spec.crop <= spec.resize
+            and img.mode in ("RGB", "L") and spec.interpolation == "bilinear"):
         return "tensor"
     return "exact"
+
+
+def _draft_request(width: int, height: int, spec: Preprocessing) -> tuple[int, int]:
+    """The size asked of JPEG draft mode: DRAFT_MIN_RESIZE times the resize target, so that the
+    bilinear resize after the DCT scaling still shrinks by at least that much."""
+    target_w, target_h = resized_size(width, height, spec.resize)
+    return target_w * DRAFT_MIN_RESIZE, target_h * DRAFT_MIN_RESIZE
+
+
+def draft_scale(width: int, height: int, spec: Preprocessing) -> int:
+    """The DCT scale (1, 2, 4 or 8) that the draft path decodes this image size at: Pillow's
+    own rule for :func:`_draft_request`, the largest that keeps both sides at or above it."""
+    request_w, request_h = _draft_request(width, height, spec)
+    fits = min(width // request_w, height // request_h)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
 
 
 def normalize(batch: torch.Tensor, spec: Preprocessing,
@@ -261,7 +277,7 @@ def _decode_draft(img: Image.Image, data: bytes, spec: Preprocessing) -> torch.T
     with _reasons(img):
         stored_w, stored_h = img.size
         swapped = img.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPS_AXES
-        drafted = img.draft("RGB", resized_size(stored_w, stored_h, spec.resize))
+        drafted = img.draft("RGB", _draft_request(stored_w, stored_h, spec))
         scale = stored_w / drafted[1][2] if drafted else 1.0  # the DCT scale: 1, 2, 4 or 8
         img.load()
         ImageOps.exif_transpose(img, in_place=True)

@@ -1,8 +1,10 @@
-"""Sample images for demos, benchmarks and tests, made from photos that ship in packages.
+"""Sample images for demos, benchmarks and tests, made from data that ships in packages.
 
 scikit-image ships a few photos in its data folder and scikit-learn two in
 ``datasets/images``; both come with the ``dev`` extra. Nothing is downloaded. The photos are
 varied by random crops, flips and resizes so that no two samples are the same image.
+Labelled images: scikit-learn's 1,797 handwritten digits (8x8 pixels, 16 levels) as 32x32
+PNG files in class folders, for training and for scoring with known answers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from shared.errors import ConfigError
@@ -86,3 +89,33 @@ def write_samples(storage: Storage, prefix: str, count: int,
         storage.write(uri, blob)
         uris.append(uri)
     return uris
+
+
+DIGITS = 1797  # images in scikit-learn's load_digits
+
+
+def digit_pngs(count: int = DIGITS, start: int = 0) -> Iterator[tuple[str, bytes]]:
+    """Digits ``start`` to ``start + count - 1`` as 32x32 grayscale PNG files, upscaled
+    bilinearly from 8x8: (``{digit}/{index:04d}.png``, bytes)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ConfigError("the digits need scikit-learn: pip install -e '.[dev]'") from None
+    digits = load_digits()
+    for i in range(start, min(start + count, len(digits.images))):
+        pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
+        image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        yield f"{digits.target[i]}/{i:04d}.png", buffer.getvalue()
+
+
+def write_digits(storage: Storage, prefix: str, heldout: int) -> tuple[int, int]:
+    """Every digit under ``prefix``: the last ``heldout`` in
+    ``{prefix}/heldout/{digit}/``, the others in ``{prefix}/train/{digit}/``; the two counts."""
+    if not 0 <= heldout < DIGITS:
+        raise ConfigError(f"--heldout {heldout} is invalid: use 0 to {DIGITS - 1}")
+    first_heldout = DIGITS - heldout
+    for i, (name, blob) in enumerate(digit_pngs()):
+        storage.write(join(prefix, "heldout" if i >= first_heldout else "train", name), blob)
+    return first_heldout, heldout

@@ -22,6 +22,7 @@ import redis
 
 from producer.cli import build_parser
 from shared.constants import INFER_QUEUE, TRAIN_QUEUE
+from shared.finetune_config import PRESETS
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -304,6 +305,19 @@ def test_train_passes_data_and_checks_set_on_this_side(cli: Cli) -> None:
     one_line_error(cli.run("train", "--set", "batch_size=abc"), "batch_size='abc' is invalid")
     one_line_error(cli.run("train", "--data", "../out"), "outside RSTREAM_STORAGE_ROOT")
     one_line_error(cli.run("train", "status", "train-nope"), "fine-tune run train-nope not found")
+    assert cli.redis().llen(TRAIN_QUEUE) == 1, "nothing refused was sent"
+
+
+def test_a_train_preset_sends_its_options_and_flags_and_set_override_them(cli: Cli) -> None:
+    sent = cli.run("train", "--preset", "digits", "--epochs", "3", "--set", "lr_fc=0.05")
+    assert sent.returncode == 0, sent.stderr
+    [raw] = cli.redis().lrange(TRAIN_QUEUE, 0, -1)
+    kwargs = json.loads(base64.b64decode(json.loads(raw)["body"]))[1]
+    expected = {k: v for k, v in PRESETS["digits"].items() if k not in ("mode", "epochs")}
+    assert (kwargs["mode"], kwargs["epochs"]) == ("full", 3)
+    assert kwargs["overrides"] == {**expected, "lr_fc": 0.05}
+    refused = cli.run("train", "--preset", "cifar")
+    assert refused.returncode == 2 and "invalid choice: 'cifar'" in refused.stderr
     assert cli.redis().llen(TRAIN_QUEUE) == 1, "nothing refused was sent"
 
 

@@ -174,7 +174,9 @@ def test_the_exporter_serves_queue_metrics_without_torch(host: Host) -> None:
     assert exporter.returncode == 0, stderr
 
 
-@pytest.mark.parametrize("command", [["score", "photos"], ["worker"], ["samples", "x"]])
+@pytest.mark.parametrize("command", [
+    ["score", "photos"], ["worker"], ["samples", "x"],
+    ["models", "import", "m.pt", "--name", "x", "--arch", "resnet18", "--labels", "l.txt"]])
 def test_worker_commands_name_the_missing_extra_in_one_line(host: Host,
                                                             command: list[str]) -> None:
     result = host.run(*command)

@@ -27,12 +27,14 @@ from tests.images import (
     tiff_bytes,
 )
 from worker.models import load_model
-from worker.preprocess import Preprocessing, choose_path, decode_image, normalize
+from worker.preprocess import Preprocessing, choose_path, decode_image, draft_scale, normalize
 
 SPEC = Preprocessing()
 LIMIT = 64_000_000
 PARITY_PHOTOS = ("astronaut", "coffee", "chelsea", "china")
 LEVEL = 1 / 255 / min(SPEC.std)  # one uint8 level after normalization, about 0.0175
+DRAFTED = (2732, 2048)  # the draft path decodes this at 1/2 scale, then resizes 4x
+DRAFT_BOUNDS = (0.1, 0.005, 0.012)
 
 
 def reference(data: bytes, spec: Preprocessing = SPEC, to_tensor: bool = True) -> torch.Tensor:
@@ -90,13 +92,14 @@ def test_exact_path_is_bit_identical_to_torchvision_reference(model, size):
 
 
 # bounds = (input max, input mean, logits max). Measured here on the 4 photos: the tensor path
-# is at most 1 level off (0.0175), mean 3e-5, logits 3e-4; the draft path on 1920x1080 is at
-# most 0.61 off (about 35 levels, at sharp edges), mean 0.020 (about 1 level), logits 0.078.
+# is at most 1 level off (0.0175), mean 3e-5, logits 3e-4. The draft path (forced; at 2732x2048
+# the DCT halves the image and a 4x resize remains) is at most 0.052 off (3 levels), mean
+# 0.0026, logits 0.0059; the bounds are about twice that.
 @pytest.mark.parametrize(("size", "path", "bounds"), [
     ((500, 375), "tensor", (LEVEL * 1.001, 1e-4, 1e-3)),
     ((200, 150), "tensor", (LEVEL * 1.001, 1e-4, 1e-3)),
     ((1920, 1080), "tensor", (LEVEL * 1.001, 1e-4, 1e-3)),
-    ((1920, 1080), "draft", (1.0, 0.03, 0.15)),
+    (DRAFTED, "draft", DRAFT_BOUNDS),
 ])
 def test_fast_paths_keep_their_pinned_parity(model, size, path, bounds):
     input_max, input_mean, logits_max = bounds
@@ -108,15 +111,20 @@ def test_fast_paths_keep_their_pinned_parity(model, size, path, bounds):
 
 
 def test_draft_path_is_not_a_silent_exact_decode():
-    data = parity_jpegs((1920, 1080))[0]
+    data = parity_jpegs(DRAFTED)[0]
+    assert draft_scale(*DRAFTED, SPEC) == 2
     assert not torch.equal(decode(data, "draft"), decode(data, "exact"))
+
+
+def blank_jpeg(size: tuple[int, int]) -> bytes:
+    return jpeg_bytes(Image.new("RGB", size, (90, 120, 150)))
 
 
 @pytest.mark.parametrize(("make", "spec", "expected"), [
     (lambda: jpeg_bytes(photo("china", (500, 375))), SPEC, "tensor"),
-    (lambda: jpeg_bytes(photo("china", (1920, 1080))), SPEC, "draft"),
-    (lambda: jpeg_bytes(photo("china", (680, 512))), SPEC, "draft"),
-    (lambda: jpeg_bytes(photo("china", (680, 511))), SPEC, "tensor"),
+    (lambda: blank_jpeg((1920, 1080)), SPEC, "tensor"),
+    (lambda: blank_jpeg((4000, 3000)), SPEC, "tensor"),  # never draft: see preprocess.py
+    (lambda: jpeg_bytes(photo("camera", (680, 512))), SPEC, "tensor"),
     (lambda: jpeg_bytes(photo("china", (500, 375)).convert("CMYK")), SPEC, "exact"),
     (lambda: jpeg_bytes(photo("china", (500, 375))), Preprocessing(interpolation="bicubic"),
      "exact"),
@@ -228,16 +236,24 @@ def test_exif_orientation_gives_the_upright_png_tensor(orientation):
     assert torch.equal(decode(oriented_bytes(upright, orientation)), decode(png_bytes(upright)))
 
 
+SMALL = Preprocessing(resize=64, crop=56)  # 800x600 drafts at 1/2 for it, leaving a 4x resize
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize(("path", "size"), [("tensor", (320, 240)), ("draft", (800, 600))])
-def test_exif_orientation_is_applied_on_jpeg_fast_paths(path, size, orientation):
+@pytest.mark.parametrize(("path", "size", "spec"), [("tensor", (320, 240), SPEC),
+                                                    ("draft", (800, 600), SMALL)])
+def test_exif_orientation_is_applied_on_jpeg_fast_paths(path, size, spec, orientation):
     upright = photo("coffee", size)
     data = oriented_bytes(upright, orientation, "JPEG", quality=95)
-    assert choose_path(Image.open(io.BytesIO(data)), SPEC) == path
-    expected = decode(jpeg_bytes(upright, quality=95), path).float()
-    assert float((decode(data).float() - expected).abs().mean()) < 1.5  # JPEG re-encoding only
+    if path == "tensor":
+        assert choose_path(Image.open(io.BytesIO(data)), spec) == path
+    else:
+        assert draft_scale(*size, spec) == 2
+    expected = decode(jpeg_bytes(upright, quality=95), path, spec).float()
+    got = decode(data, path, spec).float()
+    assert float((got - expected).abs().mean()) < 1.5  # JPEG re-encoding only
     if orientation > 1:  # the test has power: ignoring the tag would be far off
-        unrotated = decode(jpeg_bytes(Image.open(io.BytesIO(data)), quality=95), path)
+        unrotated = decode(jpeg_bytes(Image.open(io.BytesIO(data)), quality=95), path, spec)
         assert float((unrotated.float() - expected).abs().mean()) > 10
 
 

@@ -50,7 +50,7 @@ BAD_VALUES = {
     "train_schedule": "0 3 * *",
     "promote_tolerance": "-0.1",
     "train_model": "../escape",
-    "train_mode": "full",
+    "train_mode": "everything",
     "train_epochs": "0",
     "train_base": "resnet18:imagenet:x",
     "train_lock_ttl": "5",

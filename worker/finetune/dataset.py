@@ -1,7 +1,10 @@
-"""Labelled training images: listing, the validation split, the data fingerprint, datasets.
+"""Labelled training images: listing, the three splits, the run fingerprint, augmentation,
+datasets.
 
 Labelled data is either a prefix laid out as ``{prefix}/{class}/...`` (any depth below the
 class folder) or a JSONL labels manifest, one ``{"uri": ..., "label": ...}`` per line.
+Training samples are the whole image decoded and augmented (:class:`Augmentation`);
+evaluation samples are decoded like serving decodes them.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 from torchvision.transforms import v2
 
 from shared.errors import ConfigError, PermanentError
@@ -88,28 +92,52 @@ def classes_of(items: Sequence[LabelledImage]) -> list[str]:
     return classes
 
 
-def is_validation(uri: str, val_percent: int) -> bool:
-    """Whether ``uri`` belongs to the validation split: stable across runs and machines."""
+def split_of(uri: str, val_percent: int, select_percent: int) -> str:
+    """``"val"`` (the gate's), ``"select"`` (the epoch selection's) or ``"train"``, by a hash
+    of ``uri``: stable across runs and machines, and the gate's split does not move when
+    ``select_percent`` changes."""
     digest = hashlib.sha1(uri.encode(), usedforsecurity=False).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < val_percent
+    bucket = int.from_bytes(digest[:8], "big") % 100
+    if bucket < val_percent:
+        return "val"
+    return "select" if bucket < val_percent + select_percent else "train"
 
 
-def split(items: Sequence[LabelledImage], val_percent: int
-          ) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """(train, validation), by a hash of each URI; both must be non-empty."""
-    train = [item for item in items if not is_validation(item.uri, val_percent)]
-    val = [item for item in items if is_validation(item.uri, val_percent)]
-    if not train or not val:
+def is_validation(uri: str, val_percent: int) -> bool:
+    """Whether ``uri`` belongs to the gate's validation split."""
+    return split_of(uri, val_percent, 0) == "val"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Training images, the selection split (best epoch, early stop), the gate's split."""
+
+    train: list[LabelledImage]
+    select: list[LabelledImage]
+    val: list[LabelledImage]
+
+
+def split(items: Sequence[LabelledImage], val_percent: int, select_percent: int) -> Splits:
+    """The three splits, by a hash of each URI; none may be empty."""
+    parts: dict[str, list[LabelledImage]] = {"train": [], "select": [], "val": []}
+    for item in items:
+        parts[split_of(item.uri, val_percent, select_percent)].append(item)
+    if not all(parts.values()):
         raise ConfigError(
-            f"a validation split of {val_percent}% of {len(items)} images leaves "
-            f"{len(train)} to train and {len(val)} to validate: add images or change val_percent")
-    return train, val
+            f"splits of {val_percent}% (the gate's) and {select_percent}% (epoch selection) of "
+            f"{len(items)} images leave {len(parts['train'])} to train, "
+            f"{len(parts['select'])} to select epochs and {len(parts['val'])} for the gate: "
+            "add images or change val_percent / select_percent")
+    return Splits(**parts)
 
 
-def fingerprint(items: Sequence[LabelledImage]) -> str:
-    """sha256 of the sorted (uri, label, etag-or-size) list: changes when any image does."""
+def fingerprint(items: Sequence[LabelledImage], config: Mapping[str, Any] | None = None) -> str:
+    """sha256 of the sorted (uri, label, etag-or-size) list and of the training options
+    (``config``): changes when any image, label or option does."""
     rows = sorted((item.uri, item.label, item.tag) for item in items)
-    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+    payload = {"data": rows, "config": dict(config or {})}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _LabelledDataset(Dataset[Sample]):
@@ -137,18 +165,48 @@ class _LabelledDataset(Dataset[Sample]):
         return image, self.index.get(item.label, -1)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """RandomResizedCrop to ``crop`` (area ``scale``, aspect ``ratio``) and horizontal flips."""
+
+    crop: int
+    scale: tuple[float, ...] | None = None  # None: (scale_floor(...), 1) per image
+    ratio: tuple[float, ...] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[3, H, W]`` -> uint8 ``[3, crop, crop]``, drawn from torch's generator."""
+        height, width = image.shape[-2:]
+        scale = self.scale or (scale_floor(width, height), 1.0)
+        top, left, h, w = transforms.RandomResizedCrop.get_params(image, list(scale),
+                                                                  list(self.ratio))
+        out = v2.functional.resized_crop(image, top, left, h, w, [self.crop, self.crop],
+                                         antialias=True)
+        if self.flip and float(torch.rand(())) < self.flip:
+            out = v2.functional.horizontal_flip(out)
+        return out
+
+
+MIN_CROP_SIDE = 112  # pixels: torchvision's smallest crop (0.08 of the area) of a 400x400 photo
+
+
+def scale_floor(width: int, height: int) -> float:
+    """The smallest crop area, as a fraction of the image: torchvision's 0.08, raised so that a
+    crop keeps at least ``MIN_CROP_SIDE`` squared pixels of the image. Photos of 500x375 and
+    up get 0.08; a 200x200 image 0.31; images of 112x112 and less are never cut (1.0)."""
+    return min(1.0, max(0.08, MIN_CROP_SIDE ** 2 / (width * height)))
+
+
 def training_dataset(storage: Storage, items: Sequence[LabelledImage], classes: list[str],
-                     spec: Preprocessing, max_pixels: int, *,
+                     augment: Augmentation, max_pixels: int, *,
                      max_bytes: int | None = None) -> Dataset[Sample]:
-    """Training samples: RandomResizedCrop(crop) and a horizontal flip, nothing else."""
-    augment = v2.Compose([v2.RandomResizedCrop(spec.crop, antialias=True),
-                          v2.RandomHorizontalFlip()])
+    """Training samples: the whole image decoded (see :func:`open_image`), then ``augment``."""
     return _LabelledDataset(storage, items, classes,
                             functools.partial(_augmented, augment=augment, max_pixels=max_pixels),
                             max_bytes)
 
 
-def _augmented(data: bytes, *, augment: v2.Compose, max_pixels: int) -> torch.Tensor:
+def _augmented(data: bytes, *, augment: Augmentation, max_pixels: int) -> torch.Tensor:
     return augment(v2.functional.pil_to_tensor(open_image(data, max_pixels)))
 
 

@@ -7,13 +7,12 @@ production model with it on the same validation split.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from worker.predict import autocast_dtype
 from worker.preprocess import Preprocessing, normalize
@@ -32,8 +31,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None
     return torch.autocast(device.type, dtype=dtype)
 
 
-def batches(loader: DataLoader[Any], spec: Preprocessing, device: torch.device
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], spec: Preprocessing,
+            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized images and labels on ``device``, fed the way serving feeds the model."""
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     for pixels, labels in loader:
@@ -42,7 +41,8 @@ def batches(loader: DataLoader[Any], spec: Preprocessing, device: torch.device
             yield normalize(on_device, spec), labels.to(device, non_blocking=True)
 
 
-def evaluate(module: nn.Module, loader: DataLoader[Any], spec: Preprocessing,
+def evaluate(module: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             spec: Preprocessing,
              classes: Sequence[str], *, device: torch.device, dtype: torch.dtype | None
              ) -> dict[str, Any]:
     """Accuracy, mean loss and per-class counts; labels the model lacks (-1) count as wrong."""

@@ -1,10 +1,13 @@
 """One fine-tuning run: the model to start from, the data, the gate, what is published.
 
 :func:`run_finetune` is the whole run (the Celery task is a thin wrapper): list the labelled
-data, skip when production was trained on the very same data, train (the loop, the two modes
-and their optimizer groups are in :mod:`worker.finetune.loop`), evaluate the candidate and
-production with the serving preprocessing on the same validation split, publish, and promote
-only when the candidate is not worse than production minus ``promote_tolerance``.
+data, skip when production came from the very same data and training options (the run's
+fingerprint), split the data three ways by a hash of each URI, train (the loop, the modes and
+their optimizer groups are in :mod:`worker.finetune.loop`) choosing the best epoch on the
+selection split, then score the candidate and production with the serving preprocessing on
+the gate's validation split, which neither training nor the choice of epoch has seen, publish,
+and promote only when the candidate is better than production minus ``promote_tolerance``
+(a tie keeps production).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from shared.storage import Storage
 from worker.device import resolve_device
 from worker.finetune import dataset
 from worker.finetune.evaluation import evaluate, training_dtype
-from worker.finetune.loop import Progress, make_optimizer, prepare, train
+from worker.finetune.loop import Progress, prepare, train
+from worker.finetune.optimizer import make_optimizer
 from worker.models import LoadedModel, load_model, load_version, save_model
 from worker.preprocess import Preprocessing
 
@@ -49,13 +53,14 @@ def load_start(registry: Registry, name: str, start_ref: str | None) -> LoadedMo
 
 
 def gate(candidate: float, production: float | None, tolerance: float) -> tuple[bool, str]:
-    """Whether to promote, and why: not worse than production minus ``tolerance``."""
+    """Whether to promote, and why: better than production minus ``tolerance``. A tie keeps
+    production: a new version must earn the swap."""
     if production is None:
         return True, "no production version yet"
-    if candidate >= production - tolerance:
-        return True, (f"validation accuracy {candidate:.4f} >= production {production:.4f} "
+    if candidate > production - tolerance:
+        return True, (f"validation accuracy {candidate:.4f} > production {production:.4f} "
                       f"- tolerance {tolerance}")
-    return False, (f"validation accuracy {candidate:.4f} < production {production:.4f} "
+    return False, (f"validation accuracy {candidate:.4f} <= production {production:.4f} "
                    f"- tolerance {tolerance}: published, not promoted")
 
 
@@ -75,25 +80,30 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
     started = time.monotonic()
     items = dataset.list_labelled(storage, settings.train_data)
     data_print = dataset.fingerprint(items)
+    run_print = dataset.fingerprint(items, config.fingerprint_fields())
     current = registry.read_pointer(name)  # the gate's baseline; promotion is CAS against it
     pointer = current[0]
-    skip = None if force else _unchanged(registry, name, pointer, data_print)
+    skip = None if force else _unchanged(registry, name, pointer, run_print)
     if pointer and skip:
         logger.info("%s", skip)
         return {"status": "skipped", "name": name, "version": pointer["version"],
-                "reason": skip, "fingerprint": data_print}
+                "reason": skip, "fingerprint": run_print}
     run = _Run(settings, storage, config, resolve_device(config.device), items)
     start_ref = start_ref or (None if pointer else base_ref)
     production_eval, start = run.score_production(registry, name, pointer, start_ref)
-    history, best, spec = run.train(start, progress)
+    history, chosen, spec = run.train(start, progress)
+    candidate = run.evaluate(LoadedModel(start.module, start.model_id, run.classes, spec,
+                                         start.arch))
     production_acc = production_eval["accuracy"] if production_eval else None
-    passed, reason = gate(best["accuracy"], production_acc, settings.promote_tolerance)
+    passed, reason = gate(candidate["accuracy"], production_acc, settings.promote_tolerance)
     meta: dict[str, Any] = {
-        "fingerprint": data_print,
+        "fingerprint": run_print,
+        "data_fingerprint": data_print,
         "parent": start.model_id,
-        "metrics": {"val_accuracy": best["accuracy"], "val_loss": best["loss"],
-                    "val_images": best["images"], "per_class": best["per_class"]},
-        "training": {**run.describe(), "history": history, "best_epoch": best["epoch"]},
+        "metrics": {"val_accuracy": candidate["accuracy"], "val_loss": candidate["loss"],
+                    "val_images": candidate["images"], "per_class": candidate["per_class"],
+                    "select_accuracy": chosen["accuracy"]},
+        "training": {**run.describe(), "history": history, "best_epoch": chosen["epoch"]},
         "gate": {"passed": passed, "promoted": passed, "reason": reason,
                  "tolerance": settings.promote_tolerance,
                  "production_version": pointer["version"] if pointer else None,
@@ -113,20 +123,22 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
                                                       "reason": reason})
     logger.info("%s@%s %s: %s", name, version, status, reason)
     return {"status": status, "name": name, "version": version, "parent": start.model_id,
-            "reason": reason, "val_accuracy": best["accuracy"],
-            "production_accuracy": production_acc, "best_epoch": best["epoch"],
-            "epochs_run": len(history), "fingerprint": data_print, "train_s": run.train_s}
+            "reason": reason, "val_accuracy": candidate["accuracy"],
+            "select_accuracy": chosen["accuracy"], "production_accuracy": production_acc,
+            "best_epoch": chosen["epoch"], "epochs_run": len(history),
+            "fingerprint": run_print, "train_s": run.train_s}
 
 
 def _unchanged(registry: Registry, name: str, pointer: dict[str, Any] | None,
-               data_print: str) -> str | None:
-    """Why training would be pointless (production saw this very data), or None."""
+               run_print: str) -> str | None:
+    """Why training would be pointless (production came from this very data and these very
+    options), or None."""
     if not pointer:
         return None
-    if registry.read_meta(name, str(pointer["version"])).get("fingerprint") != data_print:
+    if registry.read_meta(name, str(pointer["version"])).get("fingerprint") != run_print:
         return None
-    return (f"training data unchanged since {name}@{pointer['version']} "
-            f"(fingerprint {data_print[:12]}): nothing to train")
+    return (f"training data and options unchanged since {name}@{pointer['version']} "
+            f"(fingerprint {run_print[:12]}): nothing to train")
 
 
 class _Run:
@@ -136,7 +148,7 @@ class _Run:
                  device: torch.device, items: Sequence[dataset.LabelledImage]) -> None:
         self.settings, self.storage, self.config, self.device = settings, storage, config, device
         self.classes = dataset.classes_of(items)
-        self.train_items, self.val_items = dataset.split(items, config.val_percent)
+        self.splits = dataset.split(items, config.val_percent, config.select_percent)
         self.dtype = training_dtype(device, config.precision)
         self.train_s = 0.0
 
@@ -147,7 +159,7 @@ class _Run:
 
     def evaluate(self, model: LoadedModel) -> dict[str, Any]:
         """``model`` on the validation split, with its own classes and serving preprocessing."""
-        samples = dataset.eval_dataset(self.storage, self.val_items, model.classes,
+        samples = dataset.eval_dataset(self.storage, self.splits.val, model.classes,
                                         model.preprocessing, self.settings.max_image_pixels,
                                         max_bytes=self.settings.max_object_bytes)
         model.module.to(self.device)
@@ -170,7 +182,8 @@ class _Run:
 
     def train(self, start: LoadedModel, progress: Progress
               ) -> tuple[list[dict[str, Any]], dict[str, Any], Preprocessing]:
-        """Train ``start.module`` in place; the history, the best epoch, the preprocessing."""
+        """Train ``start.module`` in place; the history, the best epoch on the selection
+        split, the preprocessing."""
         c, pixels = self.config, self.settings.max_image_pixels
         limit = self.settings.max_object_bytes
         base = start.preprocessing
@@ -179,11 +192,13 @@ class _Run:
         start.module.to(self.device)
         if self.device.type == "cuda":
             start.module.to(memory_format=torch.channels_last)
+        augment = dataset.Augmentation(spec.crop, c.crop_scale, c.crop_ratio, c.flip)
         loaders = (
-            self._loader(dataset.training_dataset(self.storage, self.train_items, self.classes,
-                                                   spec, pixels, max_bytes=limit), shuffle=True),
-            self._loader(dataset.eval_dataset(self.storage, self.val_items, self.classes, spec,
-                                               pixels, max_bytes=limit), shuffle=False))
+            self._loader(dataset.training_dataset(self.storage, self.splits.train, self.classes,
+                                                   augment, pixels, max_bytes=limit),
+                         shuffle=True),
+            self._loader(dataset.eval_dataset(self.storage, self.splits.select, self.classes,
+                                               spec, pixels, max_bytes=limit), shuffle=False))
         began = time.monotonic()
         history, best = train(start.module, make_optimizer(groups, c), loaders=loaders, spec=spec,
                               classes=self.classes, config=c, device=self.device,
@@ -194,5 +209,6 @@ class _Run:
     def describe(self) -> dict[str, Any]:
         """What the meta records about the run's data, device and hyper-parameters."""
         return {"config": dataclasses.asdict(self.config), "data": self.settings.train_data,
-                "train_images": len(self.train_items), "val_images": len(self.val_items),
+                "train_images": len(self.splits.train),
+                "select_images": len(self.splits.select), "val_images": len(self.splits.val),
                 "device": str(self.device), "autocast": str(self.dtype or "fp32")}
