@@ -21,6 +21,7 @@ import redis
 
 from shared.constants import WATCH_LOCK_KEY
 from shared.errors import ConfigError, WatchLockLost
+from shared.lua import LuaScript
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ class WatchLock:
         self.key = WATCH_LOCK_KEY.format(name=name)
         self.token = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                  "at": round(time.time(), 3)})
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = LuaScript(client, _RENEW)
+        self._release = LuaScript(client, _RELEASE)
 
     def acquire(self, wait_s: float = LOCK_TTL_S + 2.0, poll_s: float = 0.2) -> None:
         """Take the lock. A holder on this host whose process is gone (a watcher killed and

@@ -46,6 +46,7 @@ from shared.errors import (
     NotFoundError,
     PermanentError,
 )
+from shared.lua import LuaScript
 
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -228,12 +229,12 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
         self.ttl = ttl
-        self._create = client.register_script(_CREATE)
-        self._mark_sent = client.register_script(_MARK_SENT)
-        self._complete = client.register_script(_COMPLETE)
-        self._end_submit = client.register_script(_END_SUBMIT)
-        self._record_failure = client.register_script(_RECORD_FAILURE)
-        self._fail = client.register_script(_FAIL)
+        self._create = LuaScript(client, _CREATE)
+        self._mark_sent = LuaScript(client, _MARK_SENT)
+        self._complete = LuaScript(client, _COMPLETE)
+        self._end_submit = LuaScript(client, _END_SUBMIT)
+        self._record_failure = LuaScript(client, _RECORD_FAILURE)
+        self._fail = LuaScript(client, _FAIL)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, ride_out_s: float = 30.0) -> JobStore:

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from shared.errors import PermanentError
 from shared.jobs import CANCELLED, DONE, RUNNING, JobStore
@@ -146,3 +147,25 @@ def test_wait_learns_of_the_end_at_once_not_at_its_next_poll(store: JobStore,
     assert store.complete(job, 0, 0, counts(4, 0))
     waiter.join(20)
     assert ended and ended[0] - finished_at < 5, "woken by the job's event, not its poll"
+
+
+def test_updates_survive_a_server_that_lost_its_scripts(store: JobStore,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Redis that restarts forgets its scripts. SCRIPT FLUSH empties the cache for real; the
+    # race seen in CI (EVALSHA answering NOSCRIPT even right after SCRIPT LOAD, against a Redis
+    # that had just reloaded its append-only file) cannot be caused on demand, so EVALSHA is
+    # made to answer NOSCRIPT every time here. Each update must still land, counted once.
+    job = new_job(store)
+    assert store.mark_sent(job, 0, 0, 4) and store.mark_sent(job, 1, 0, 4)
+    store.redis.script_flush()
+    assert not store.complete(job, 0, 0, counts(4, 0))
+
+    def forgetful(*_: object) -> None:
+        raise redis.exceptions.NoScriptError("No matching script. Please use EVAL.")
+
+    monkeypatch.setattr(store.redis, "evalsha", forgetful)
+    assert not store.complete(job, 0, 0, counts(4, 0)), "a redelivery does not count again"
+    assert store.end_submit(job) is False
+    assert store.complete(job, 1, 0, counts(4, 0)), "the last chunk finishes the job"
+    record = store.get(job)
+    assert (record.status, record.ok, record.outstanding) == (DONE, 8, 0)

@@ -15,6 +15,7 @@ import pytest
 
 from producer import monitor
 from producer.submit import Client, resume, submit
+from shared.jobs import DONE
 from shared.results import part_uris
 from shared.storage import join
 from tests.conftest import service_unavailable
@@ -62,7 +63,10 @@ def test_redis_killed_and_restarted_mid_job_loses_no_image(
             monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=120)
     finally:
         worker.stop()
-    assert_one_line_per_uri(client, job, uris)
     record = client.jobs.get(job)
+    # `wait` also returns when every outstanding chunk stalled: that is a failure here.
+    assert record.status == DONE, f"job {record.status}, {record.stalled_chunks} chunk(s) " \
+                                  f"stalled: {record.last_error}"
+    assert_one_line_per_uri(client, job, uris)
     assert (record.ok, record.failed, record.images) == (96, 0, 96)
     assert client.storage.exists(join(settings.results, job, "manifest.json"))
