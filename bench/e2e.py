@@ -18,9 +18,13 @@ In one run, on one machine, with one model, device, precision, thread count and 
   same pool, concurrency and threads; timed from the first send to the last result object.
 
 For rstream it also reports the seconds from submit to the first chunk's lines, and the
-per-job overhead: the job's time minus images / its steady rate (the rate between its first
-and last chunk). ``bare`` is the forward pass of rstream's own backend (``--backend``,
-default auto: ONNX Runtime on the CPU).
+per-job overhead: the job's time minus images / its steady rate. The steady rate is the
+marginal one: right after each timed rstream job, a job of ``--overhead-images`` images
+(default: a third, in whole pairs of chunks) runs on a prefix of its own, and the overhead is
+the intercept of the line through the two (T_N - N (T_N - T_M) / (N - M)). The rate between a
+job's first and last chunk is a poor stand-in: with ``-c 2`` chunks finish in pairs.
+``bare`` is the forward pass of rstream's own backend (``--backend``, default auto: ONNX
+Runtime on the CPU).
 
 Images are JPEGs of ``--size`` made by ``worker.samples`` from photos shipped with
 scikit-image and scikit-learn, on moto's S3 server (``--storage s3``, over HTTP, in this
@@ -82,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive", action="store_true", help="also run the naive baseline")
+    parser.add_argument("--overhead-images", type=int, default=-1,
+                        help="images of the second, smaller rstream job that gives the per-job "
+                             "overhead (-1: a third of --images in pairs of chunks; 0: none)")
     parser.add_argument("--no-dataloader", action="store_true",
                         help="skip the DataLoader peer")
     parser.add_argument("--loader-workers", type=int, default=2,
@@ -122,22 +129,34 @@ def make_settings(opts: argparse.Namespace, work: Path, redis_url: str, endpoint
         max_pending_chunks=0, log_level="info", backend=opts.backend)
 
 
-def write_images(settings: Settings, opts: argparse.Namespace) -> tuple[str, list[str]]:
-    """The images under a prefix; returns the prefix and the URIs."""
+def write_images(settings: Settings, opts: argparse.Namespace, images: int,
+                 name: str = "images", seed: int = 0) -> tuple[str, list[str]]:
+    """``images`` JPEGs under a prefix called ``name``; returns the prefix and the URIs."""
     width, height = (int(v) for v in opts.size.lower().split("x"))
-    prefix = f"s3://{BUCKET}/images/" if opts.storage == "s3" else "images/"
+    prefix = f"s3://{BUCKET}/{name}/" if opts.storage == "s3" else f"{name}/"
     if opts.storage == "s3":
-        boto3.session.Session().client(
-            "s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
-        ).create_bucket(Bucket=BUCKET)
+        s3 = boto3.session.Session().client(
+            "s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1")
+        if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+            s3.create_bucket(Bucket=BUCKET)
     storage = Client(settings).storage
     # Made in parallel (PIL releases the GIL) under one sub-prefix per thread, each its own seed.
-    parts = min(8, os.cpu_count() or 1, opts.images)
-    counts = [opts.images // parts + (i < opts.images % parts) for i in range(parts)]
+    parts = min(8, os.cpu_count() or 1, images)
+    counts = [images // parts + (i < images % parts) for i in range(parts)]
     with ThreadPoolExecutor(parts) as pool:
         uris = pool.map(lambda i: write_samples(storage, f"{prefix}p{i}/", counts[i],
-                                                size=(width, height), seed=i), range(parts))
+                                                size=(width, height), seed=seed + i),
+                        range(parts))
         return prefix, sorted(u for part in uris for u in part)
+
+
+def overhead_images(opts: argparse.Namespace) -> int:
+    """The size of the second rstream job: ``--overhead-images``, or a third of ``--images``
+    rounded down to whole pairs of chunks (the worker runs ``-c`` chunks at once)."""
+    if opts.overhead_images >= 0:
+        return int(opts.overhead_images)
+    pair = opts.chunk_size * opts.concurrency
+    return max(pair, opts.images // 3 // pair * pair) if opts.images >= 2 * pair else 0
 
 
 def batcher_stats(client: Client) -> dict[str, Any]:
@@ -177,20 +196,21 @@ def run_rstream(client: Client, source: str | list[str], model: str, job: str
     record = client.jobs.get(job)
     if record.failed or record.ok != record.images:
         raise SystemExit(f"job {job}: {record.failed} images failed")
-    return seconds, latency(chunk_times, seconds, record.images, record.chunks)
+    return seconds, latency(chunk_times, seconds)
 
 
-def latency(chunk_times: list[float], seconds: float, images: int,
-            chunks: int) -> dict[str, float]:
-    """When the first lines landed, and the per-job overhead: the job's time minus images /
-    its steady rate (images per second between its first and its last chunk)."""
-    if len(chunk_times) < 2 or chunks < 2:
-        return {"first_lines_s": round(chunk_times[0] if chunk_times else seconds, 3)}
-    per_chunk = images / chunks
-    steady = per_chunk * (len(chunk_times) - 1) / max(chunk_times[-1] - chunk_times[0], 1e-9)
-    return {"first_lines_s": round(chunk_times[0], 3),
-            "steady_images_per_s": round(steady, 2),
-            "overhead_s": round(seconds - images / steady, 3)}
+def latency(chunk_times: list[float], seconds: float) -> dict[str, float]:
+    """When the first lines landed."""
+    return {"first_lines_s": round(chunk_times[0] if chunk_times else seconds, 3)}
+
+
+def overhead(big: tuple[int, float], small: tuple[int, float]) -> dict[str, float]:
+    """The per-job overhead from two jobs of (images, seconds): the intercept of the line
+    through them, T_N - N / r with r = (N - M) / (T_N - T_M) the marginal (steady) rate."""
+    (n, t_n), (m, t_m) = big, small
+    rate = (n - m) / max(t_n - t_m, 1e-9)
+    return {"small_job_images": m, "small_job_s": round(t_m, 3),
+            "steady_images_per_s": round(rate, 2), "overhead_s": round(t_n - n / rate, 3)}
 
 
 def run_naive(client: Client, uris: list[str], model: str, job: str) -> float:
@@ -212,7 +232,10 @@ class Pipeline:
                  redis_pid: int | None) -> None:
         self.opts, self.settings, self.redis_pid = opts, settings, redis_pid
         self.model = opts.model or f"random:{opts.arch}"
-        self.source, self.uris = write_images(settings, opts)
+        self.source, self.uris = write_images(settings, opts, opts.images)
+        small = overhead_images(opts)
+        self.small = write_images(settings, opts, small, "images-small", seed=100) if small \
+            else None
         self.client = Client(settings)
         env = thread_env(opts)
         self.workers = {"rstream": start_worker("bench.rstream_app", "infer", settings,
@@ -262,6 +285,10 @@ class Pipeline:
         if kind == "rstream":
             after = batcher_stats(self.client)
             result["batcher"] = stage_split(before_stats, after, seconds)
+            if self.small is not None:  # right after, on the same machine state
+                source, uris = self.small
+                small_seconds, _ = run_rstream(self.client, source, self.model, f"{job}-small")
+                result.update(overhead((len(self.uris), seconds), (len(uris), small_seconds)))
         return result
 
     def _out(self, job: str) -> str:
