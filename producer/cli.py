@@ -156,7 +156,8 @@ def _add_worker_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
                    "none: one process on the CPU)")
     p.add_argument("--cpu", action="store_true", help="one worker on the CPU, even with GPUs")
     p.add_argument("--concurrency", type=_positive, help="chunk tasks per process "
-                   "(default: RSTREAM_CONCURRENCY)")
+                   "(default: RSTREAM_CONCURRENCY; on a GPU at least enough chunks of "
+                   "RSTREAM_CHUNK_SIZE for two batches of RSTREAM_MAX_BATCH)")
     p.add_argument("--per-gpu", type=_positive, default=1, metavar="N",
                    help="worker processes per GPU (more decode in parallel; default 1)")
     p.add_argument("--train", action="store_true",

@@ -9,6 +9,7 @@ shutdown lets running chunks finish (late acks put any unfinished chunk back in 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -54,6 +55,14 @@ def worker_command(settings: Settings, queue: str, concurrency: int, name: str, 
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle"]
 
 
+def gpu_chunks_in_flight(settings: Settings) -> int:
+    """Chunk tasks a GPU worker process runs at once: enough chunks of
+    ``RSTREAM_CHUNK_SIZE`` images for two device batches of ``RSTREAM_MAX_BATCH``, so the
+    batcher fills one batch while the other runs (at least ``RSTREAM_CONCURRENCY``).
+    With the defaults (64 and 64) that is 2, as on the CPU; ``RSTREAM_MAX_BATCH=256`` gives 8."""
+    return max(settings.concurrency, math.ceil(2 * settings.max_batch / settings.chunk_size))
+
+
 def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
          queue: str = INFER_QUEUE, concurrency: int | None = None, one: bool = False,
          per_gpu: int = 1) -> list[tuple[list[str], dict[str, str]]]:
@@ -63,8 +72,10 @@ def plan(settings: Settings, gpus: Sequence[str] | None, cpu: bool, *,
     threads, so one process decodes on about one core's worth of the GIL, far below what a
     GPU can score; more processes decode in parallel, each with its own copy of the model.
     """
-    concurrency = concurrency or settings.concurrency
     devices = [] if cpu else list(gpus if gpus is not None else detect_gpus())
+    if concurrency is None and devices and queue == INFER_QUEUE:
+        concurrency = gpu_chunks_in_flight(settings)
+    concurrency = concurrency or settings.concurrency
     devices = devices[:1] if one else devices
     base = {**os.environ, **settings.as_env()}
     if not devices:

@@ -32,6 +32,22 @@ def test_one_process_per_gpu_each_seeing_only_its_own() -> None:
     assert len(set(names)) == 2
 
 
+def test_on_a_gpu_the_chunks_in_flight_follow_the_device_batch() -> None:
+    def concurrency(settings: object, **options: object) -> list[str]:
+        return [command[command.index("-c") + 1]
+                for command, _ in plan(settings, **options)]  # type: ignore[arg-type]
+
+    big = make_settings(max_batch=256, chunk_size=64, concurrency=2)
+    assert concurrency(big, gpus=["0", "1"], cpu=False) == ["8", "8"]  # two batches of 256
+    assert concurrency(big, gpus=[], cpu=False) == ["2"], "the CPU keeps RSTREAM_CONCURRENCY"
+    assert concurrency(big, gpus=["0"], cpu=False, concurrency=3) == ["3"], "--concurrency wins"
+    assert concurrency(big, gpus=["0"], cpu=False, queue="train", one=True) == ["2"]
+    assert concurrency(make_settings(max_batch=64, chunk_size=64, concurrency=5),
+                       gpus=["0"], cpu=False) == ["5"], "never fewer than RSTREAM_CONCURRENCY"
+    assert concurrency(make_settings(max_batch=100, chunk_size=64, concurrency=1),
+                       gpus=["0"], cpu=False) == ["4"], "rounded up to whole chunks"
+
+
 def test_several_processes_per_gpu_and_a_single_trainer() -> None:
     procs = plan(make_settings(), gpus=["0", "1"], cpu=False, per_gpu=2)
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in procs] == ["0", "0", "1", "1"]
