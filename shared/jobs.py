@@ -328,19 +328,17 @@ class JobStore:
 
     def done_chunks(self, job: str, chunks: list[int], generation: int) -> set[int]:
         """Which of ``chunks`` are done (one Redis call)."""
-        if not chunks:
-            return set()
-        found = self.redis.hmget(JOB_DONE_KEY.format(job=job),
-                                 [f"{chunk}:{generation}" for chunk in chunks])
-        return {chunk for chunk, flag in zip(chunks, found, strict=True) if flag is not None}
+        return self._chunks_in(JOB_DONE_KEY.format(job=job), chunks, generation)
 
     def sent_chunks(self, job: str, chunks: list[int], generation: int) -> set[int]:
         """Which of ``chunks`` were ever sent (one Redis call)."""
+        return self._chunks_in(JOB_SENT_KEY.format(job=job), chunks, generation)
+
+    def _chunks_in(self, key: str, chunks: list[int], generation: int) -> set[int]:
         if not chunks:
             return set()
-        found = self.redis.hmget(JOB_SENT_KEY.format(job=job),
-                                 [f"{chunk}:{generation}" for chunk in chunks])
-        return {chunk for chunk, when in zip(chunks, found, strict=True) if when is not None}
+        found = self.redis.hmget(key, [f"{chunk}:{generation}" for chunk in chunks])
+        return {chunk for chunk, value in zip(chunks, found, strict=True) if value is not None}
 
     def was_sent(self, job: str, chunk: int, generation: int) -> bool:
         """Whether the producer recorded this chunk as sent (a message may claim anything)."""

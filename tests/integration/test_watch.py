@@ -75,6 +75,15 @@ def put(client: Client, *names: str, data: bytes = b"image") -> None:
         client.storage.write(f"in/{name}", data + name.encode())
 
 
+def opened(client: Client, *names: str, **options: Any) -> tuple[Clock, Watcher]:
+    """A watcher (``watcher``'s options) opened on a clock, and ``names`` landed in ``in/``."""
+    clock = Clock()
+    w = watcher(client, clock, **options)
+    w.open()
+    put(client, *names)
+    return clock, w
+
+
 def queued_chunks(client: Client) -> Counter[str]:
     """Task ids of the chunk messages in the infer queue, with how often each is there."""
     found: Counter[str] = Counter()
@@ -96,10 +105,7 @@ def recorded(client: Client, job: str) -> list[dict[str, Any]]:
 
 def test_objects_go_into_the_window_of_the_moment_and_a_window_closes_when_it_is_over(
         client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg")
+    clock, w = opened(client, "a.jpg", "b.jpg", "c.jpg")
     clock.now += 10
     assert w.step()
     first = "watch-w-202701150800"
@@ -127,10 +133,7 @@ def test_objects_go_into_the_window_of_the_moment_and_a_window_closes_when_it_is
 
 def test_a_window_that_ends_while_no_watcher_runs_is_closed_by_the_next_one(
         client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg")
+    clock, w = opened(client, "a.jpg")
     assert w.step()
     w.close()
     clock.now += 600
@@ -148,10 +151,7 @@ class Crash(Exception):
 
 def test_chunks_recorded_but_not_sent_when_the_watcher_died_are_sent_by_the_next_one(
         client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg")
+    clock, w = opened(client, "a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg")
     sent: list[str] = []
     real_send = client.send
 
@@ -187,10 +187,7 @@ def test_chunks_recorded_but_not_sent_when_the_watcher_died_are_sent_by_the_next
 
 def test_an_unsent_recorded_chunk_is_sent_before_its_window_closes(
         client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg")
+    clock, w = opened(client, "a.jpg")
     # Dies after the record, before the chunk is even marked sent.
     monkeypatch.setattr(client, "wait_for_room", lambda *args: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
@@ -206,10 +203,7 @@ def test_an_unsent_recorded_chunk_is_sent_before_its_window_closes(
 
 def test_rewritten_objects_are_new_deleted_ones_are_forgotten_unchanged_ones_never_sent(
         client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg")
+    _, w = opened(client, "a.jpg", "b.jpg", "c.jpg")
     assert w.step()
     record = WatchRecord(client.jobs.redis, "w")
     assert client.jobs.redis.zcard(record.seen_key) == 3
@@ -268,10 +262,7 @@ def test_a_member_rewritten_between_two_pages_is_not_read_again(
 
 
 def test_an_ordered_watch_lists_after_its_cursor_only(client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock, ordered=True)
-    w.open()
-    put(client, "0001.jpg", "0002.jpg")
+    _, w = opened(client, "0001.jpg", "0002.jpg", ordered=True)
     assert w.step()
     assert w.record.cursor() == "in/0002.jpg"
     put(client, "0003.jpg")
@@ -318,10 +309,7 @@ def test_a_watcher_that_lost_its_lock_records_nothing(client: Client) -> None:
 
 
 def test_a_restart_watches_the_same_source_the_same_way(client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg")
+    clock, w = opened(client, "a.jpg")
     assert w.step()
     w.close()
     client.storage.write("other/x.jpg", b"x")
@@ -337,10 +325,7 @@ def test_a_restart_watches_the_same_source_the_same_way(client: Client) -> None:
 
 def test_open_windows_refuse_resume_and_closed_ones_resume_from_their_record(
         client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg")
+    clock, w = opened(client, "a.jpg", "b.jpg", "c.jpg")
     assert w.step()
     job = "watch-w-202701150800"
     with pytest.raises(ConfigError, match="open window of watch w"):
@@ -355,10 +340,7 @@ def test_open_windows_refuse_resume_and_closed_ones_resume_from_their_record(
 
 def test_status_lists_the_watches_their_lag_and_open_windows(
         client: Client, capsys: pytest.CaptureFixture[str]) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg")
+    clock, w = opened(client, "a.jpg", "b.jpg", "c.jpg")
     clock.now += 5
     assert w.step()
     clock.now += 20
@@ -387,10 +369,7 @@ def xadd(client: Client, stream: str, **fields: str) -> bytes:
 
 def test_a_stream_entry_is_recorded_once_then_acknowledged_and_deleted(
         client: Client) -> None:
-    clock = Clock()
-    w = watcher(client, clock, source="stream:ingest", name="s")
-    w.open()
-    put(client, "a.jpg", "b.jpg")
+    _, w = opened(client, "a.jpg", "b.jpg", source="stream:ingest", name="s")
     key = INGEST_STREAM_KEY.format(name="ingest")
     xadd(client, "ingest", uri="in/a.jpg")
     xadd(client, "ingest", uri="in/b.jpg")
@@ -425,10 +404,7 @@ def test_a_stream_entry_is_recorded_once_then_acknowledged_and_deleted(
 
 def test_entries_read_but_not_recorded_are_read_again_by_the_next_watcher(
         client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    w = watcher(client, clock, source="stream:ingest", name="s")
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg")
+    clock, w = opened(client, "a.jpg", "b.jpg", "c.jpg", source="stream:ingest", name="s")
     for name in ("a", "b", "c"):
         xadd(client, "ingest", uri=f"in/{name}.jpg")
 
@@ -467,10 +443,7 @@ def test_the_watcher_stops_cleanly_when_told(client: Client) -> None:
 
 def test_redis_errors_in_a_pass_are_logged_and_the_next_pass_recovers(
         client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    w = watcher(client, clock)
-    w.open()
-    put(client, "a.jpg", "b.jpg", "c.jpg")
+    _, w = opened(client, "a.jpg", "b.jpg", "c.jpg")
     calls = {"n": 0}
     real = client.send
 
