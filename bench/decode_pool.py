@@ -50,9 +50,9 @@ def _init_worker() -> None:
 
 
 def jpegs(size: tuple[int, int], count: int) -> list[bytes]:
-    """``count`` JPEGs of ``size``, cycling over the shipped photos."""
-    names = sorted(PHOTOS)
-    return [jpeg_bytes(photo(names[i % len(names)], size).convert("RGB")) for i in range(count)]
+    """``count`` JPEGs of ``size``, cycling over the shipped photos (each encoded once)."""
+    distinct = [jpeg_bytes(photo(name, size).convert("RGB")) for name in sorted(PHOTOS)]
+    return [distinct[i % len(distinct)] for i in range(count)]
 
 
 def timed(run: Callable[[list[bytes]], Iterable[torch.Tensor]], blobs: list[bytes]) -> float:

@@ -178,15 +178,14 @@ def wait_until(done: Callable[[], bool], what: str) -> None:
 
 def run_rstream(client: Client, source: str | list[str], model: str, job: str
                 ) -> tuple[float, dict[str, float]]:
-    """Seconds from submit to the manifest of ``job``, and when its chunks finished."""
+    """Seconds from submit to the manifest of ``job``, and to its first chunk's lines."""
     events = client.jobs.events(job)  # subscribed before anything is sent
     start = time.perf_counter()
     submit(source, job=job, model=model, client=client, max_pending=0)
-    chunk_times = []
+    first: float | None = None
     while not client.jobs.get(job).finished:
-        message = events.get_message(timeout=POLL_S)
-        if message is not None:
-            chunk_times.append(time.perf_counter() - start)
+        if events.get_message(timeout=POLL_S) is not None and first is None:
+            first = time.perf_counter() - start
         if time.perf_counter() - start > WAIT_TIMEOUT_S:
             raise SystemExit(f"job {job} not finished after {WAIT_TIMEOUT_S} s")
     events.close()
@@ -196,12 +195,7 @@ def run_rstream(client: Client, source: str | list[str], model: str, job: str
     record = client.jobs.get(job)
     if record.failed or record.ok != record.images:
         raise SystemExit(f"job {job}: {record.failed} images failed")
-    return seconds, latency(chunk_times, seconds)
-
-
-def latency(chunk_times: list[float], seconds: float) -> dict[str, float]:
-    """When the first lines landed."""
-    return {"first_lines_s": round(chunk_times[0] if chunk_times else seconds, 3)}
+    return seconds, {"first_lines_s": round(first if first is not None else seconds, 3)}
 
 
 def overhead(big: tuple[int, float], small: tuple[int, float]) -> dict[str, float]:
@@ -352,11 +346,13 @@ def summarize(runs: list[dict[str, Any]], bare_info: dict[str, Any]) -> dict[str
     to_naive = [a["to_bare"] / b["to_bare"] for a, b in zip(rstream, naive, strict=False)]
     to_loader = [a["to_bare"] / b["to_bare"] for a, b in zip(rstream, loader, strict=False)]
     batcher = [r["batcher"] for r in rstream]
+    overheads = [r["overhead_s"] for r in rstream if "overhead_s" in r]
     return {
         "rstream_to_dataloader": median(to_loader),
         "dataloader_to_bare": median([r["to_bare"] for r in loader]),
         "first_lines_s": median([r["first_lines_s"] for r in rstream]),
-        "overhead_s": median([r["overhead_s"] for r in rstream if "overhead_s" in r]),
+        # None when no second job ran (--overhead-images 0, or too few images for one)
+        "overhead_s": median(overheads) if overheads else None,
         "images_per_s": {"bare": median([b["images_per_s"] for b in bares]),
                          **{k: median([r["images_per_s"] for r in v])
                             for k, v in by_kind.items() if v}},
@@ -385,9 +381,11 @@ def table(summary: dict[str, Any], profile: dict[str, Any]) -> str:
                 f"{summary['model_busy']:.2f} x forward speed "
                 f"{summary['forward_speed_vs_bare']:.2f})")
     if summary["rstream_to_dataloader"]:
+        overhead = summary["overhead_s"]
         rows.append(f"rstream/dataloader {summary['rstream_to_dataloader']:.2f}   "
                     f"dataloader/bare {summary['dataloader_to_bare']:.3f}   first lines "
-                    f"{summary['first_lines_s']} s, per-job overhead {summary['overhead_s']} s")
+                    f"{summary['first_lines_s']} s, per-job overhead "
+                    + ("not measured" if overhead is None else f"{overhead} s"))
     if summary["rstream_to_naive"]:
         rows.append(f"rstream/naive {summary['rstream_to_naive']:.2f}   naive/bare "
                     f"{summary['naive_to_bare']:.3f}")

@@ -27,11 +27,9 @@ watcher recorded there, and the window jobs.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +38,17 @@ from producer import monitor
 from producer.submit import Client, submit
 from shared.results import part_uris, read_part
 from shared.settings import Settings
-from tests.services import WatcherProcess, free_port, publish_random_model
+from tests.services import (
+    Samples,
+    WatcherProcess,
+    free_port,
+    publish_random_model,
+    sample,
+    scrape,
+)
 from worker.samples import variants
 
 MODEL = "random:resnet18"
-METRIC = re.compile(r'^(rstream_watch_\w+)\{watch="bench"\} (\S+)$', re.M)
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    return {name: float(value) for name, value in METRIC.findall(text.decode())}
-
-
 def throughput(client: Client, blobs: list[bytes], probe: int, model: str) -> float:
     """Images/s of the workers on one job of ``probe`` images, after a warm-up job."""
     for i, blob in enumerate(blobs[:64]):
@@ -67,11 +64,11 @@ def throughput(client: Client, blobs: list[bytes], probe: int, model: str) -> fl
 
 
 def land(client: Client, blobs: list[bytes], rate: float, duration: float, *, port: int,
-         watcher: WatcherProcess) -> tuple[dict[str, float], list[tuple[float, dict[str, float]]]]:
+         watcher: WatcherProcess) -> tuple[dict[str, float], list[tuple[float, Samples]]]:
     """Write images at ``rate`` per second for ``duration`` s, scraping the metrics every
     second; returns each URI's write time and the (time, metrics) samples."""
     written: dict[str, float] = {}
-    samples: list[tuple[float, dict[str, float]]] = []
+    samples: list[tuple[float, Samples]] = []
     start = time.time()
     next_scrape, i = start, 0
     while (now := time.time()) < start + duration:
@@ -81,7 +78,7 @@ def land(client: Client, blobs: list[bytes], rate: float, duration: float, *, po
             written[uri] = time.time()
             i += 1
         if now >= next_scrape:
-            samples.append((now - start, scrape(port)))
+            samples.append((now - start, scrape(f"http://127.0.0.1:{port}/metrics")))
             next_scrape += 1.0
         if watcher.process.poll() is not None:
             raise SystemExit(f"the watcher exited:\n{watcher.log()[-3000:]}")
@@ -113,13 +110,14 @@ def wait_scored(client: Client, images: int, timeout_s: float = 600) -> None:
         time.sleep(0.5)
 
 
-def recorded_rate(samples: list[tuple[float, dict[str, float]]]) -> float | None:
+def recorded_rate(samples: list[tuple[float, Samples]]) -> float | None:
     """Objects per second the watcher recorded between the first and the last sample."""
     if len(samples) < 2:
         return None
     (t0, first), (t1, last) = samples[0], samples[-1]
     name = "rstream_watch_objects_total"
-    return round((last.get(name, 0.0) - first.get(name, 0.0)) / max(1e-9, t1 - t0), 2)
+    recorded = sample(last, name, watch="bench") - sample(first, name, watch="bench")
+    return round(recorded / max(1e-9, t1 - t0), 2)
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -177,10 +175,10 @@ def main() -> None:
                 "throughput_img_s": round(rate, 2), "arrival_img_s": round(rate / 2, 2),
                 "duration_s": opts.duration, "warm_up_s": opts.warm_up,
                 "images": len(written),
-                "lag_gauge_s": stats([m.get("rstream_watch_lag_seconds", 0.0)
+                "lag_gauge_s": stats([sample(m, "rstream_watch_lag_seconds", watch="bench")
                                       for m in steady]),
-                "chunks_waiting": stats([m.get("rstream_watch_chunks_waiting", 0.0)
-                                         for m in steady]),
+                "chunks_waiting": stats([sample(m, "rstream_watch_chunks_waiting",
+                                                watch="bench") for m in steady]),
                 "image_latency_s": stats(latencies(client, settings, written, after)),
                 "recorded_img_s": recorded_rate([s for s in samples if s[0] >= opts.warm_up]),
                 "windows": sorted(j.id for j in client.jobs.recent(1000)

@@ -362,8 +362,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RstreamError)
     async def rstream_error(_: Request, exc: RstreamError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
-        if "still running" in str(exc):
-            status = 409
         return body(status, type(exc).__name__, str(exc))
 
     @app.exception_handler(RequestValidationError)

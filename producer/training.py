@@ -81,8 +81,6 @@ def model_versions(registry: Registry, name: str) -> dict[str, Any]:
 
 def promote(registry: Registry, name: str, version: str) -> tuple[dict[str, Any], bool]:
     """Make ``version`` production; (pointer, whether anything changed)."""
-    current, _ = registry.read_pointer(name)
-    registry.read_meta(name, version)  # NotFoundError for a version that was never published
-    if current and current["version"] == version:
-        return current, False
-    return registry.promote(name, version, reason="promoted by hand"), True
+    current = registry.read_pointer(name)  # the compare-and-set is against this very read
+    pointer = registry.promote(name, version, reason="promoted by hand", current=current)
+    return pointer, not (current[0] and current[0]["version"] == version)

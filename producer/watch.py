@@ -61,7 +61,8 @@ class Watcher:
         self.client, self.spec, self.clock = client, spec, clock
         self.stop = stop or threading.Event()
         self.record = WatchRecord(client.jobs.redis, spec.name)
-        self.metrics = WatchMetrics(spec.name, spec.metrics_port)
+        self.metrics = WatchMetrics(spec.name, spec.metrics_port,
+                                    client.settings.metrics_host)
         self.windows = Windows(client, self.record, spec.options,
                                limit=client.settings.max_pending_chunks, stop=self.stop,
                                metrics=self.metrics, clock=clock)

@@ -1,8 +1,5 @@
-"""Prometheus metrics of a watcher, served when ``rstream watch --metrics-port`` asks.
-
-prometheus-client comes with the worker extra, not with the submit-only install the watcher
-runs on, so it is imported only when metrics are asked for; without it, that is one error
-naming the package. Without a port every method does nothing.
+"""Prometheus metrics of a watcher, served on ``RSTREAM_METRICS_HOST`` when ``rstream watch
+--metrics-port`` asks. Without a port every method does nothing.
 
 - ``rstream_watch_lag_seconds``: age of the oldest object seen but not scored yet (0: none);
 - ``rstream_watch_chunks_waiting``: chunks sent and not scored yet;
@@ -15,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import prometheus_client as prom
+
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -23,18 +22,12 @@ logger = logging.getLogger(__name__)
 class WatchMetrics:
     """The metrics of watch ``name``, on ``port`` (None or 0: none)."""
 
-    def __init__(self, name: str, port: int | None) -> None:
+    def __init__(self, name: str, port: int | None, host: str = "127.0.0.1") -> None:
         self.name = name
         self._gauges: dict[str, Any] = {}
         self._objects: Any = None
         if not port:
             return
-        try:
-            import prometheus_client as prom
-        except ImportError:
-            raise ConfigError("--metrics-port needs the prometheus-client package, which the "
-                              "submit-only install does not have: pip install prometheus-client "
-                              "(it comes with rstream[worker])") from None
         registry = prom.CollectorRegistry()
         labels = ["watch"]
         self._objects = prom.Counter("rstream_watch_objects_total",
@@ -47,11 +40,11 @@ class WatchMetrics:
             self._gauges[metric] = prom.Gauge(metric, text, labels,
                                               registry=registry).labels(name)
         try:
-            prom.start_http_server(port, registry=registry)
+            prom.start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
             raise ConfigError(f"--metrics-port {port}: cannot listen there ({exc}): choose a "
                               "free port") from None
-        logger.info("watch %s: metrics on http://0.0.0.0:%d/metrics", name, port)
+        logger.info("watch %s: metrics on http://%s:%d/metrics", name, host, port)
 
     def recorded(self, objects: int) -> None:
         if self._objects is not None:

@@ -198,7 +198,9 @@ class Windows:
 
     def _send_recorded(self, job: Job, *, lost_too: bool) -> None:
         record = InputRecord(self.client.storage, job.results, job.id)
-        held: set[str] | None = None
+        # What is queued or held is read before what is done (as the sweeper does), so a
+        # chunk finished in between is never taken for lost and sent twice.
+        held = held_task_ids(self.jobs.redis) if lost_too else set()
         for first in record.segments():
             if first >= job.listed_chunks:
                 break
@@ -209,10 +211,8 @@ class Windows:
             for chunk, uris in segment:
                 if chunk in sent and (not lost_too or chunk in done):
                     continue
-                if chunk in sent:
-                    held = held if held is not None else held_task_ids(self.jobs.redis)
-                    if f"{job.id}:{chunk}:0" in held:
-                        continue
+                if chunk in sent and f"{job.id}:{chunk}:0" in held:
+                    continue
                 logger.info("watch %s: %s chunk %d was recorded but %s: sending it",
                             self.record.name, job.id, chunk,
                             "lost" if chunk in sent else "not sent")

@@ -61,7 +61,7 @@ class JobFailed(PermanentError):
 
 class JobConflict(PermanentError):
     """Raised when a job id is submitted again with another source, model, output or chunk
-    size than the job has."""
+    size than the job has, or retried while it still runs."""
 
 
 class WatchLockLost(PermanentError):

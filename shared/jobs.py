@@ -44,7 +44,6 @@ from shared.errors import (
     InvalidMessage,
     JobConflict,
     NotFoundError,
-    PermanentError,
 )
 from shared.lua import LuaScript
 
@@ -399,7 +398,7 @@ class JobStore:
         """Reopen a finished job for a retry; returns the new generation."""
         current = self.get(job)
         if current.status == RUNNING:
-            raise PermanentError(f"job {job} is still running: wait for it before a retry")
+            raise JobConflict(f"job {job} is still running: wait for it before a retry")
         key = JOB_KEY.format(job=job)
         generation = int(self.redis.hincrby(key, "generation", 1))
         self.redis.hset(key, mapping={"status": RUNNING, "submitting": 1,

@@ -96,6 +96,7 @@ class Batcher:
             if chosen is None:
                 raise ValueError("no predictor: pass one or call swap() first")
             items = [_Item(image, chosen, Future()) for image in images]
+            idle = not self._queues  # the model thread waits without a deadline
             queue = self._queues.setdefault(chosen, deque())
             expected = (3, chosen.preprocessing.crop, chosen.preprocessing.crop)
             for item in items:
@@ -106,7 +107,10 @@ class Batcher:
                     queue.append(item)
             if not queue:
                 del self._queues[chosen]
-            self._cond.notify()
+            # Wake the model thread only when it must act sooner than its deadline (set by
+            # the oldest image, which a newer one never moves): not once per image.
+            if idle or len(queue) >= self.max_batch:
+                self._cond.notify()
         return [item.future for item in items]
 
     def stats(self) -> dict[str, Any]:
@@ -206,15 +210,16 @@ class Batcher:
     def _count(self, live: list[_Item], start: float, *, failed: bool) -> None:
         metrics.BATCH_SIZE.observe(len(live))
         metrics.FORWARD_SECONDS.observe(time.monotonic() - start)
-        for item in live:
-            metrics.QUEUE_WAIT_SECONDS.observe(start - item.submitted)
+        waits = [start - item.submitted for item in live]
+        for wait in waits:
+            metrics.QUEUE_WAIT_SECONDS.observe(wait)
         with self._cond:
             self._working = None
             self._stats["images"] += len(live)
             self._stats["batches"] += 1
             self._stats["failed_batches"] += int(failed)
             self._stats["forward_s"] += time.monotonic() - start
-            self._stats["queue_wait_s"] += sum(start - item.submitted for item in live)
+            self._stats["queue_wait_s"] += sum(waits)
 
 
 def _check_image(image: Tensor, expected: tuple[int, int, int]) -> str:

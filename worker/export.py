@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from shared import modelref
-from shared.errors import NotFoundError, PreconditionFailed
+from shared.errors import NotFoundError, PreconditionFailed, RstreamError
 from shared.registry import Registry
 from worker.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
-FORMATS = ("onnx", "torchscript")
 
 
 def onnx_bytes(module: nn.Module, crop: int) -> bytes:
@@ -88,6 +87,9 @@ def _from_registry(loaded: LoadedModel, registry: Registry, name: str, version: 
         logger.info("%s: exported to ONNX and kept at %s", loaded.model_id, uri)
     except PreconditionFailed:  # another worker wrote it meanwhile: theirs is as good
         pass
+    except RstreamError as exc:  # a read-only registry, storage down: serve it uncached
+        logger.warning("cannot keep the ONNX export of %s at %s (%s); exported in memory",
+                       loaded.model_id, uri, exc)
     return data
 
 

@@ -7,8 +7,6 @@ import dataclasses
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 
 from shared.endpoints import EndpointServer, probe_route
 from tests.conftest import make_settings
-from tests.services import free_port
+from tests.services import free_port, http_get
 from worker.batcher import Batcher
 from worker.health import Health, Warmup
 from worker.models import load_model
@@ -43,14 +41,6 @@ class BlockingPredictor(Predictor):
         return super().predict(images)
 
 
-def probe(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.fixture
 def blocking() -> Iterator[tuple[BlockingPredictor, Batcher]]:
     predictor = BlockingPredictor()
@@ -66,24 +56,24 @@ def test_a_wedged_model_thread_turns_healthz_red_and_green_again(
     health = Health(make_settings(wedge_timeout=WEDGE_S), lambda: batcher)
     server = EndpointServer("127.0.0.1", 0, {"/healthz": probe_route(health.liveness)}).start()
     try:
-        status, body = probe(f"{server.url}/healthz")
+        status, body = http_get(f"{server.url}/healthz")
         assert (status, body["model_thread"]) == (200, "idle")
 
         futures = batcher.submit([torch.zeros(3, 32, 32, dtype=torch.uint8)] * 2)
         assert predictor.entered.wait(10)
-        status, body = probe(f"{server.url}/healthz")
+        status, body = http_get(f"{server.url}/healthz")
         assert status == 200, "a forward within the limit is work, not a wedge"
         assert str(body["model_thread"]).startswith("working: forward of 2 images")
 
         time.sleep(WEDGE_S + 0.3)
-        status, body = probe(f"{server.url}/healthz")
+        status, body = http_get(f"{server.url}/healthz")
         assert status == 503
         assert str(body["model_thread"]).startswith("wedged: forward of 2 images on "
                                                     "random:resnet18:classes=3:seed=0")
 
         predictor.gate.set()
         assert all(len(f.result(timeout=30).top) == 3 for f in futures)
-        status, body = probe(f"{server.url}/healthz")
+        status, body = http_get(f"{server.url}/healthz")
         assert (status, body["model_thread"]) == (200, "idle")
     finally:
         server.close()
