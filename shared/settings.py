@@ -315,8 +315,9 @@ class Settings:
         "per extra process); 0 turns them off.", _int(0, 65535),
         "use a port number, or 0 for none")
     metrics_host: str = _setting(
-        "127.0.0.1", "Address the worker endpoints and rstream exporter listen on; 0.0.0.0 "
-        "for every interface.", _host, "use an IP address such as 127.0.0.1 or 0.0.0.0")
+        "127.0.0.1", "Address the worker endpoints, rstream exporter and a watcher's metrics "
+        "listen on; 0.0.0.0 for every interface.", _host,
+        "use an IP address such as 127.0.0.1 or 0.0.0.0")
     exporter_port: int = _setting(
         9808, "Port of rstream exporter's /metrics (queue depth, oldest queued chunk).",
         _int(1, 65535), "use a port number from 1 to 65535")
