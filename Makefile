@@ -12,7 +12,10 @@ venv:
 lint:
 	$(PY) -m ruff check shared producer worker tests bench
 
+# mypy reads packages from folders (it does not follow the editable install's import hook):
+# scripts/checkout-path.sh links the three under their installed names in .rstream-path/.
 types:
+	bash scripts/checkout-path.sh >/dev/null
 	$(PY) -m mypy
 
 test:

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from bench.services import cpu_seconds
-from shared.settings import Settings
-from shared.storage import Storage
-from worker.device import resolve_device
-from worker.models import load_model
-from worker.onnx import make_predictor
-from worker.predict import Predictor
-from worker.preprocess import choose_path, decode_image
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.model.device import resolve_device
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.onnx import make_predictor
+from rstream.worker.model.predict import Predictor
+from rstream.worker.model.preprocess import choose_path, decode_image
 
 
 class Bare:

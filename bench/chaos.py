@@ -33,15 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.services import emit, machine, moto_server
-from producer import monitor
-from producer.submit import Client, resume, submit
-from shared.manifest import manifest_uri
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.integration.pipeline_data import bad_images
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import resume, submit
+from rstream.shared.jobs.manifest import manifest_uri
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.samples import variants
+from tests.pipeline import bad_images
 from tests.services import RedisServer, WorkerProcess, publish_random_model
-from worker.samples import variants
 
 
 def write_images(storage: Storage, prefix: str, count: int) -> list[str]:
@@ -59,7 +60,7 @@ def write_images(storage: Storage, prefix: str, count: int) -> list[str]:
 
 def truth(settings: Settings, uris: list[str], model: str) -> dict[str, Any]:
     """What each URI's line must say: the top-1 index, or that it is an error."""
-    from worker.engine import Engine
+    from rstream.worker.serving.engine import Engine
 
     storage = Storage(settings)
     with Engine(settings, storage, Registry(storage, settings.models)) as engine:

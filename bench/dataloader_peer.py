@@ -19,11 +19,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from shared.settings import Settings
-from shared.storage import Storage
-from worker.device import resolve_device
-from worker.models import load_model
-from worker.predict import autocast_dtype
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.model.device import resolve_device
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.predict import autocast_dtype
 
 
 class _Images(Dataset[tuple[torch.Tensor, int]]):

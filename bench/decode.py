@@ -4,10 +4,10 @@
 
 ``reference`` is torchvision's eval transform on a full PIL decode (``Resize``, ``CenterCrop``,
 ``ToTensor``, ``Normalize``); ``exact`` / ``tensor`` / ``draft`` / ``auto`` are
-``worker.preprocess.decode_image(path=...)``, which stops at uint8 (normalization runs later,
-on the device). Differences are in uint8 levels against the reference's uint8 output. The
-photo is scikit-learn's china.jpg (640x427), cropped to each aspect ratio and resized.
-Each rate is the best of ``--repeats`` rounds taken in turn, to damp noise from other load.
+``rstream.worker.model.preprocess.decode_image(path=...)``, which stops at uint8 (normalization runs
+later, on the device). Differences are in uint8 levels against the reference's uint8 output. The
+photo is scikit-learn's china.jpg (640x427), cropped to each aspect ratio and resized. Each rate is
+the best of ``--repeats`` rounds taken in turn, to damp noise from other load.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from rstream.worker.model.preprocess import Preprocessing, choose_path, decode_image
 from tests.images import jpeg_bytes, photo
-from worker.preprocess import Preprocessing, choose_path, decode_image
 
 SIZES = ((500, 375), (1920, 1080), (4000, 3000))
 PATHS = ("exact", "tensor", "draft", "auto")

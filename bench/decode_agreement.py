@@ -34,9 +34,15 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from rstream.worker.model import preprocess
+from rstream.worker.model.preprocess import (
+    Preprocessing,
+    choose_path,
+    decode_image,
+    draft_scale,
+    normalize,
+)
 from tests.probe import Probe, lower_bound, probe_jpegs
-from worker import preprocess
-from worker.preprocess import Preprocessing, choose_path, decode_image, draft_scale, normalize
 
 SIZES = ((500, 375), (1024, 768), (1920, 1080), (4000, 3000))
 LIMIT = 64_000_000

@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.decode_pool [--workers 1,2] [--repeats 3] [--out FILE]
 
-The question of the GPU issue's second point, measured on this machine's cores: does moving
-the CPU decode (``worker.preprocess.decode_image``, the path rstream picks by itself) into
-worker processes that hand uint8 tensors back through shared memory decode more images per
-second than threads of one process? Each way decodes the same JPEGs (made from the photos that
-ship with scikit-image and scikit-learn) into ``[3, 224, 224]`` uint8 tensors:
+The question of the GPU issue's second point, measured on this machine's cores: does moving the CPU
+decode (``rstream.worker.model.preprocess.decode_image``, the path rstream picks by itself) into
+worker processes that hand uint8 tensors back through shared memory decode more images per second
+than threads of one process? Each way decodes the same JPEGs (made from the photos that ship with
+scikit-image and scikit-learn) into ``[3, 224, 224]`` uint8 tensors:
 
 - ``threads``: a ``ThreadPoolExecutor`` of N threads (what the worker's fetch threads do today;
   Pillow and ``decode_jpeg`` release the GIL while they decode);
@@ -33,8 +33,8 @@ import torch
 import torch.multiprocessing as mp
 
 from bench.services import emit, machine
+from rstream.worker.model.preprocess import Preprocessing, decode_image
 from tests.images import PHOTOS, jpeg_bytes, photo
-from worker.preprocess import Preprocessing, decode_image
 
 SIZES = ((500, 375), (1920, 1080))
 MAX_PIXELS = 64_000_000

@@ -6,10 +6,9 @@
 In one run, on one machine, with one model, device, precision, thread count and batch size:
 
 - ``bare``: ``Predictor.predict`` on ready uint8 batches of ``--max-batch`` images (the ceiling);
-- ``rstream``: ``producer.submit`` of the image prefix -> Redis -> one real
-  ``celery -A bench.rstream_app worker -Q infer --pool threads -c N`` process (``worker.app``
-  plus a stats command) -> every result part and the manifest written; timed from submit to
-  the manifest;
+- ``rstream``: ``rstream.producer.submit`` of the image prefix -> Redis -> one real ``celery -A
+  bench.rstream_app worker -Q infer --pool threads -c N`` process (``rstream.worker.app`` plus a
+  stats command) -> every result part and the manifest written; timed from submit to the manifest;
 - ``dataloader``: the peer to beat, a plain PyTorch loop (``bench/dataloader_peer.py``: a
   ``Dataset`` fetching with the same storage client, PIL and torchvision's reference
   transforms, ``DataLoader(num_workers=--loader-workers)``, the same model in eager PyTorch,
@@ -26,7 +25,7 @@ job's first and last chunk is a poor stand-in: with ``-c 2`` chunks finish in pa
 ``bare`` is the forward pass of rstream's own backend (``--backend``, default auto: ONNX
 Runtime on the CPU).
 
-Images are JPEGs of ``--size`` made by ``worker.samples`` from photos shipped with
+Images are JPEGs of ``--size`` made by ``rstream.worker.samples`` from photos shipped with
 scikit-image and scikit-learn, on moto's S3 server (``--storage s3``, over HTTP, in this
 process) or on local disk. A private ``redis-server`` is started on a free port. Both workers
 are started and warmed up (model loaded) before any timing. The three measurements then
@@ -62,10 +61,11 @@ from bench.services import (
     redis_server,
     start_worker,
 )
-from producer.submit import Client, submit
-from shared.manifest import manifest_uri
-from shared.settings import Settings
-from worker.samples import write_samples
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.jobs.manifest import manifest_uri
+from rstream.shared.settings import Settings
+from rstream.worker.samples import write_samples
 
 BUCKET = "rstream-bench"
 WAIT_TIMEOUT_S = 1800.0

@@ -22,6 +22,8 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=python3
 fi
+# rstream importable from this checkout without installing it (scripts/checkout-path.sh).
+export PYTHONPATH="$(bash scripts/checkout-path.sh):$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT_DIR=${OUT:-bench/out-gpu}
 mkdir -p "$OUT_DIR"
 say() { echo "gpu.sh: $*" >&2; }
@@ -60,7 +62,7 @@ timeout 120 "$PY" bench/gpu_forward.py "${FORWARD_ARGS[@]}" >"$OUT_DIR/forward.j
 
 CORES=$(nproc)
 DECODE=$(( CORES > 2 ? CORES - 2 : 1 ))
-if "$PY" -c "import celery, redis, boto3, safetensors, skimage, shared.settings, worker.engine" \
+if "$PY" -c "import celery, redis, boto3, safetensors, skimage, rstream.shared.settings, rstream.worker.serving.engine" \
         2>/dev/null && command -v redis-server >/dev/null; then
     E2E_ARGS=(--device "$DEVICE" --storage local --images 4096 --bare-images 2048
               --max-batch 256 --chunk-size 256 --concurrency 4 --decode-threads "$DECODE"
@@ -74,7 +76,7 @@ if "$PY" -c "import celery, redis, boto3, safetensors, skimage, shared.settings,
         timeout 200 "$PY" -m bench.e2e "${E2E_ARGS[@]}" >"$OUT_DIR/e2e.json" \
             || say "e2e benchmark failed or timed out (status $?)"
     fi
-elif "$PY" -c "import shared.settings, worker.score, skimage, sklearn" 2>/dev/null; then
+elif "$PY" -c "import rstream.shared.settings, rstream.worker.serving.score, skimage, sklearn" 2>/dev/null; then
     SCORE_ARGS=(--device "$DEVICE" --images 2048 --batch 256 --decode-threads "$DECODE"
                 --repeats 3)
     [ "$DRY_RUN" = 1 ] && SCORE_ARGS=(--device cpu --images 16 --batch 8 --repeats 1)

@@ -7,18 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-4}"; count="${2:-2048}"
 py="${PYTHON:-python3}"
+export PYTHONPATH="$(bash scripts/checkout-path.sh):$PWD${PYTHONPATH:+:$PYTHONPATH}"  # rstream from this checkout
 root=$(mktemp -d)
 cores=$(nproc)
 export RSTREAM_STORAGE_ROOT="$root" RSTREAM_DEVICE="${RSTREAM_DEVICE:-cuda}"
 export RSTREAM_MAX_BATCH=256 RSTREAM_CHUNK_SIZE=256 RSTREAM_CONCURRENCY=4
 
 for i in $(seq "$n"); do
-    "$py" -m producer.cli samples "imgs$i" --count "$count" --size 500x375 --seed "$i" >/dev/null &
+    "$py" -m rstream.producer.cli samples "imgs$i" --count "$count" --size 500x375 --seed "$i" >/dev/null &
 done
 wait
 
 score() {  # folder, decode threads, log
-    RSTREAM_DECODE_THREADS="$2" "$py" -m producer.cli score "$root/$1" \
+    RSTREAM_DECODE_THREADS="$2" "$py" -m rstream.producer.cli score "$root/$1" \
         --model random:resnet18 --out "$root/$1.jsonl" 2>"$3"
 }
 score imgs1 "$(( cores > 2 ? cores - 2 : 1 ))" "$root/single.log"

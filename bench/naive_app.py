@@ -3,12 +3,12 @@
     celery -A bench.naive_app worker -Q naive --pool threads -c N
 
 Each task fetches one object, decodes it with PIL and torchvision's transforms (``Resize``,
-``CenterCrop``), predicts at batch size 1, writes one result object, and counts itself done in
-Redis (``naive:{job}:done``), which the benchmark polls. It shares with rstream everything that
-is not the design under test: the settings (``RSTREAM_*``), the Celery delivery configuration
-(``shared.celery_app.make_app``: late acks, prefetch of one), the storage client, the model
-(``worker.models.load_model``, loaded once per process) and the forward (``Predictor``:
-inference mode, channels_last, normalization in the model's process).
+``CenterCrop``), predicts at batch size 1, writes one result object, and counts itself done in Redis
+(``naive:{job}:done``), which the benchmark polls. It shares with rstream everything that is not the
+design under test: the settings (``RSTREAM_*``), the Celery delivery configuration
+(``rstream.shared.queue.app.make_app``: late acks, prefetch of one), the storage client, the model
+(``rstream.worker.model.loader.load_model``, loaded once per process) and the forward
+(``Predictor``: inference mode, channels_last, normalization in the model's process).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import redis
 from PIL import Image
 
-from shared.celery_app import make_app
-from shared.settings import Settings
-from shared.storage import Storage, join
+from rstream.shared.queue.app import make_app
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage, join
 
 QUEUE = "naive"
 TASK = "bench.naive.classify"
@@ -44,9 +44,9 @@ def _resources(model: str) -> dict[str, Any]:
         if model not in _loaded:
             from torchvision import transforms as T
 
-            from worker.device import resolve_device
-            from worker.models import load_model
-            from worker.predict import Predictor
+            from rstream.worker.model.device import resolve_device
+            from rstream.worker.model.loader import load_model
+            from rstream.worker.model.predict import Predictor
 
             predictor = Predictor(load_model(model), resolve_device(settings.device),
                                   settings.precision, settings.topk)

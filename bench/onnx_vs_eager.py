@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from worker.models import load_model
-from worker.onnx import make_predictor
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.onnx import make_predictor
 
 
 def rate(predictor: object, images: torch.Tensor, batches: int) -> float:

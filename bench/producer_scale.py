@@ -15,7 +15,7 @@ A manifest of ``--count`` URIs is written to a temp file, then submitted twice t
   workers. The producer then sends only as fast as the queue drains, the queue stays at the
   limit, and Redis memory stays flat.
 
-The producer is the real one (``producer.submit``: the list file read through once to check
+The producer is the real one (``rstream.producer.submit``: the list file read through once to check
 it, every chunk's URIs written to the job's input record on local storage, the job record,
 one message per chunk); only the consumer is played.
 """
@@ -34,11 +34,12 @@ from typing import Any
 import redis
 
 from bench.services import machine, memory_kib, redis_server, reset_peak_memory
-from producer.submit import Client, Sent, submit
-from shared.celery_app import queue_keys
-from shared.constants import INFER_QUEUE
-from shared.inputs import InputRecord
-from shared.settings import Settings
+from rstream.producer.client import Client
+from rstream.producer.submit import Sent, submit
+from rstream.shared.constants import INFER_QUEUE
+from rstream.shared.jobs.inputs import InputRecord
+from rstream.shared.queue.inspect import queue_keys
+from rstream.shared.settings import Settings
 
 MODEL = "random:resnet18"  # not loaded: the producer only checks registry names
 

@@ -1,8 +1,9 @@
-"""rstream's own worker app (``worker.app``), plus one remote-control command for the benchmark.
+"""rstream's own worker app (``rstream.worker.app``), plus one remote-control command for the
+benchmark.
 
     celery -A bench.rstream_app worker -Q infer --pool threads -c N
 
-The tasks, settings and engine are exactly ``worker.app``'s. The additions only measure:
+The tasks, settings and engine are exactly ``rstream.worker.app``'s. The additions only measure:
 ``rstream_bench_stats`` answers the process's batcher counters (images, batches, forward
 seconds, queue wait) and the seconds spent in Python's garbage collector, so bench/e2e.py can
 tell where the time of a run went (the collector measured under 0.1% of a run here).
@@ -17,7 +18,7 @@ from typing import Any
 
 from celery.worker.control import inspect_command
 
-from worker.app import app, state
+from rstream.worker.app import app, state
 
 __all__ = ["app"]
 

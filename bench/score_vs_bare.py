@@ -8,8 +8,9 @@ re-encoded), then measures, on the same device, model, precision and batch size:
 
 - ``bare``: ``Predictor.predict`` on ready uint8 batches (pinned on CUDA), before and after;
 - ``decode``: fetch + ``decode_image`` alone on a pool of ``--decode-threads`` threads;
-- ``score``: the ``rstream score`` pipeline (``worker.score.run_score``: listing, fetch, decode,
-  batcher, forward, result lines written to a file), timed from the moment the model is loaded.
+- ``score``: the ``rstream score`` pipeline (``rstream.worker.serving.score.run_score``: listing,
+  fetch, decode, batcher, forward, result lines written to a file), timed from the moment the model
+  is loaded.
 
 After one warm-up of each, bare passes and score runs alternate ``--repeats`` times, so both
 see the same machine load; the ratio is the median of the paired ratios.
@@ -33,12 +34,12 @@ import sklearn
 import torch
 from PIL import Image
 
-from shared.settings import Settings
-from worker.device import resolve_device
-from worker.models import load_model
-from worker.predict import Predictor
-from worker.preprocess import decode_image
-from worker.score import Summary, run_score
+from rstream.shared.settings import Settings
+from rstream.worker.model.device import resolve_device
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.predict import Predictor
+from rstream.worker.model.preprocess import decode_image
+from rstream.worker.serving.score import Summary, run_score
 
 PHOTOS = [Path(skimage.__file__).parent / "data" / name for name in (
     "astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",

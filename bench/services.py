@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shared.settings import Settings
+from rstream.shared.settings import Settings
 from tests.services import RedisServer, ServiceUnavailable, WorkerProcess
 from tests.services import moto_server as _moto_server
 

@@ -2,8 +2,8 @@
 
     python -m bench.train_digits [--seeds 0] [--set KEY=VALUE ...] [--threads 2] [--out FILE]
 
-The 1,797 digits (``worker.samples.digit_pngs``: 32x32 PNG files in class folders) go into a
-temporary local storage root, and :func:`worker.finetune.run.run_finetune` trains a
+The 1,797 digits (``rstream.worker.samples.digit_pngs``: 32x32 PNG files in class folders) go into a
+temporary local storage root, and :func:`rstream.worker.finetune.run.run_finetune` trains a
 ``random:resnet18:classes=10`` on them, as ``rstream train`` does on a trainer: rstream's own
 three-way split (the gate's validation split, the epoch-selection split, the rest to train),
 the best epoch chosen on the selection split, the accuracy reported on the gate's split, which
@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
-from shared.finetune_config import TrainConfig, check_overrides, preset
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.config import TrainConfig, check_overrides, preset
+from rstream.worker.finetune import dataset
+from rstream.worker.finetune.run import run_finetune
 from tests.digits import render_digits
-from worker.finetune import dataset
-from worker.finetune.run import run_finetune
 
-PRESET = "digits"  # shared.finetune_config.PRESETS: what `rstream train --preset digits` runs
+PRESET = "digits"  # shared/training/config.py PRESETS: what `rstream train --preset digits` runs
 
 
 def svm_accuracy(splits: dataset.Splits) -> dict[str, float]:

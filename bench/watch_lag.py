@@ -4,7 +4,7 @@
                                         [--workers 1] [--interval 1] [--tiny] [--out FILE]
 
 A private ``redis-server``, local storage, ``--workers`` real worker processes and the
-watcher as a process (``python -m producer.cli watch landing/ --metrics-port P``).
+watcher as a process (``python -m rstream.producer.cli watch landing/ --metrics-port P``).
 
 1. Throughput: after a warm-up job (the model loads), one job of ``--probe`` images is
    submitted and timed from submit to done: the workers' images/s.
@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.services import emit, machine, redis_server, start_worker
-from producer import monitor
-from producer.submit import Client, submit
-from shared.results import part_uris, read_part
-from shared.settings import Settings
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.jobs.results import part_uris, read_part
+from rstream.shared.settings import Settings
+from rstream.worker.samples import variants
 from tests.services import (
     Samples,
     WatcherProcess,
@@ -46,7 +48,6 @@ from tests.services import (
     sample,
     scrape,
 )
-from worker.samples import variants
 
 MODEL = "random:resnet18"
 def throughput(client: Client, blobs: list[bytes], probe: int, model: str) -> float:
@@ -149,7 +150,7 @@ def main() -> None:
             concurrency=2, decode_threads=2, max_pending_chunks=16)
         client = Client(settings)
         model = publish_random_model(settings, "tiny") if opts.tiny else MODEL
-        workers = [start_worker("worker.app", "infer", settings, Path(work) / f"w{i}.log",
+        workers = [start_worker("rstream.worker.app", "infer", settings, Path(work) / f"w{i}.log",
                                 {"OMP_WAIT_POLICY": "PASSIVE"}) for i in range(opts.workers)]
         for worker in workers:
             worker.wait_ready()

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.worker_memory [--images 10000] [--warm-up 1000] [--out FILE]
 
-One real worker process (``celery -A worker.app``, as ``rstream worker`` starts it) serves a
+One real worker process (``celery -A rstream.worker.app``, as ``rstream worker`` starts it) serves a
 private ``redis-server`` and local storage. It first scores ``--warm-up`` images (the model
 loads, the caches and allocator pools fill), then one job of ``--images`` images: real photos
 cut to 48-400 px (JPEG and PNG), plus bad files of every kind (empty, truncated, corrupt, not
@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.services import emit, machine, redis_server, start_worker
-from producer import monitor
-from producer.submit import Client, submit
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.integration.pipeline_data import bad_images
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.samples import variants
+from tests.pipeline import bad_images
 from tests.services import publish_random_model
-from worker.samples import variants
 
 DISTINCT = 400  # distinct good images; the rest are copies under other names
 LIMIT_MB = 200
@@ -81,7 +82,7 @@ def main() -> None:
         model = publish_random_model(settings, "mem")
         write_images(client.storage, "warm", opts.warm_up, seed=1)
         kinds = write_images(client.storage, "stream", opts.images, seed=2)
-        worker = start_worker("worker.app", "infer", settings, Path(work) / "worker.log",
+        worker = start_worker("rstream.worker.app", "infer", settings, Path(work) / "worker.log",
                               {"OMP_NUM_THREADS": "2"}).wait_ready()
         try:
             run_job(client, "warm", model)

@@ -4,7 +4,7 @@ Run one per Redis (not one per worker: the numbers are the same for every proces
 them). It serves, on ``RSTREAM_METRICS_HOST`` and ``RSTREAM_EXPORTER_PORT`` (or ``--port``):
 
 - ``/metrics``: queue depth, the age of the chunk next in line, unacknowledged messages, live
-  workers per queue, dead letters, and whether Redis answered (``shared/queue_metrics.py``);
+  workers per queue, dead letters, and whether Redis answered (``shared/queue/metrics.py``);
 - ``/healthz``: 200 while the process serves; ``/readyz``: 200 when Redis answers.
 
 It starts even while Redis is down (``rstream_redis_up`` says 0 then) and serves until SIGTERM
@@ -13,7 +13,6 @@ or SIGINT. No torch: it runs on a submit-only host.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -25,19 +24,20 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.connections import check_redis
-from shared.endpoints import EndpointServer, metrics_route, probe_route
-from shared.errors import ConfigError
-from shared.queue_metrics import QueueCollector
-from shared.settings import Settings, mask_url
+from rstream.shared.connections import check_redis
+from rstream.shared.endpoints import EndpointServer, metrics_route, probe_route
+from rstream.shared.errors import ConfigError
+from rstream.shared.queue.metrics import QueueCollector
+from rstream.shared.settings import Settings, mask_url
 
 logger = logging.getLogger(__name__)
 
 SCRAPE_TIMEOUT_S = 5.0
 
 
-def exporter_command(args: argparse.Namespace, settings: Settings) -> int:
-    port = args.port or settings.exporter_port
+def serve(settings: Settings, port: int | None = None) -> int:
+    """Serve the queues' metrics on ``port`` (default ``RSTREAM_EXPORTER_PORT``) until SIGTERM."""
+    port = port or settings.exporter_port
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
                                   socket_connect_timeout=SCRAPE_TIMEOUT_S,
                                   retry=Retry(NoBackoff(), 0))

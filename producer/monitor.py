@@ -12,14 +12,14 @@ from typing import Any
 import redis
 from tqdm import tqdm
 
-from shared import workers
-from shared.celery_app import queued
-from shared.constants import INFER_QUEUE
-from shared.finetune_runs import FINISHED, TrainRuns
-from shared.jobs import DONE, FAILED, RUNNING, Job, JobStore
-from shared.manifest import manifest_uri, write_manifest
-from shared.results import job_lines
-from shared.storage import Storage
+from rstream.shared.constants import INFER_QUEUE
+from rstream.shared.jobs.finish import finish
+from rstream.shared.jobs.results import job_lines
+from rstream.shared.jobs.store import FAILED, RUNNING, Job, JobStore
+from rstream.shared.queue import heartbeats
+from rstream.shared.queue.inspect import queued
+from rstream.shared.storage import Storage
+from rstream.shared.training.runs import FINISHED, TrainRuns
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def notes(store: JobStore, job: Job, visibility_timeout: int) -> list[str]:
                      f"images were sent ({job.submit_error}): run the same submit again, or "
                      f"`rstream resume {job.id}`, to continue")
     elif job.submitting and job.watch:
-        from producer.watches import WatchRecord  # a window job of `rstream watch`
+        from rstream.producer.watch.record import WatchRecord  # a window job of `rstream watch`
 
         until = WatchRecord(store.redis, job.watch).open_windows().get(job.id)
         lines.append(f"an open window of watch {job.watch}"
@@ -69,7 +69,7 @@ def notes(store: JobStore, job: Job, visibility_timeout: int) -> list[str]:
         lines.append(f"failed as a whole: {job.last_error}. Every image gets an error line; "
                      f"fix the cause, then `rstream retry {job.id}`")
     if job.status == RUNNING:
-        absent = workers.absence(store.redis, INFER_QUEUE)
+        absent = heartbeats.absence(store.redis, INFER_QUEUE)
         if absent:
             lines.append(f"waiting: {absent}")
         else:
@@ -117,7 +117,7 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
               mininterval=interval) as bar:
         say = notice or ((lambda text: bar.write(text, file=sys.stderr)) if show_progress
                          else (lambda _: None))
-        watch = _Watch(store, job_id, say)
+        notices = _Notices(store, job_id, say)
         wake = _Wakeup(store, job_id)  # a chunk done or the end wakes the loop at once
         while True:
             job = store.get(job_id)
@@ -126,14 +126,13 @@ def wait(store: JobStore, storage: Storage, job_id: str, *, show_progress: bool 
             bar.update(job.processed - bar.n)
             if job.finished:
                 break
-            watch.check(job)
+            notices.check(job)
             if deadline is not None and time.monotonic() > deadline:
                 wake.close()
                 raise TimeoutError(f"job {job_id} not finished after {timeout_s} s")
             wake.wait(poll_s)
         wake.close()
-    if job.status == DONE and not storage.exists(manifest_uri(job.results, job_id)):
-        write_manifest(storage, store, job_id)
+    finish(storage, store, job_id, ended=False, repair=True)  # a done job gets its manifest
     return job
 
 
@@ -166,7 +165,7 @@ class _Wakeup:
             self.events = None
 
 
-class _Watch:
+class _Notices:
     """What ``wait`` tells as it happens: no worker on the queue, stalled chunks."""
 
     EVERY_S = 2.0
@@ -185,7 +184,7 @@ class _Watch:
         if time.monotonic() - self.checked < self.EVERY_S:
             return
         self.checked = time.monotonic()
-        absent = workers.absence(self.store.redis, INFER_QUEUE)
+        absent = heartbeats.absence(self.store.redis, INFER_QUEUE)
         if absent and absent != self.absent:
             self.say(f"job {self.job_id}: waiting: {absent}")
         elif self.absent and not absent:

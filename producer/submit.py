@@ -1,7 +1,7 @@
 """Submitting jobs: record the inputs, send chunk tasks with backpressure, resume, retry.
 
 A first submission lists its source as a stream and, segment by segment, writes each chunk's
-URIs to the job's input record (``shared/inputs.py``), records that in the job, then sends
+URIs to the job's input record (``shared/jobs/inputs.py``), records that in the job, then sends
 those chunks. So a chunk holds the same URIs forever: resubmitting the same job, ``rstream
 resume`` and the workers' sweeper send chunks from the record, never from a new listing, and
 files that land under a folder later belong to a new job. A source that is refused before
@@ -14,27 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from celery import Celery
-
-from shared import modelref, sources
-from shared.celery_app import make_app, queued, send_chunk
-from shared.connections import check_redis
-from shared.constants import INFER_QUEUE
-from shared.errors import ConfigError
-from shared.inputs import InputRecord, segment_size
-from shared.jobs import CANCELLED, Job, JobStore, check_job_id, new_job_id
-from shared.manifest import write_manifest
-from shared.messages import ChunkMessage
-from shared.registry import Registry
-from shared.results import failed_uris
-from shared.settings import Settings
-from shared.sources import Source, chunked
-from shared.storage import Storage
+from rstream.producer.client import Client
+from rstream.shared import modelref, sources
+from rstream.shared.errors import ConfigError
+from rstream.shared.jobs.finish import finish
+from rstream.shared.jobs.inputs import InputRecord, segment_size
+from rstream.shared.jobs.resend import resend_unfinished
+from rstream.shared.jobs.results import failed_uris
+from rstream.shared.jobs.store import CANCELLED, Job, new_job_id
+from rstream.shared.names import JOB_ID
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.sources import Source, chunked
 
 logger = logging.getLogger(__name__)
 
@@ -53,42 +47,6 @@ class Sent:
 
 
 Progress = Callable[[Sent], None]
-
-
-class Client:
-    """What the producer needs: settings, storage, the job store and a Celery app.
-
-    Building one pings Redis once (a few seconds at most), so a wrong or unreachable
-    ``RSTREAM_REDIS_URL`` is one clear error instead of a long wait and a traceback;
-    ``check=False`` (a long-running server) skips that.
-    """
-
-    def __init__(self, settings: Settings, app: Celery | None = None, *,
-                 check: bool = True) -> None:
-        if check:
-            check_redis(settings.redis_url)
-        self.settings = settings
-        self.storage = Storage(settings)
-        self.jobs = JobStore.from_url(settings.redis_url, settings.job_ttl)
-        self.app = app or make_app(settings)
-
-    def pending_chunks(self) -> int:
-        """Chunk messages waiting in the infer queue (not counting ones being worked on)."""
-        return queued(self.jobs.redis, INFER_QUEUE)
-
-    def wait_for_room(self, limit: int, stop: threading.Event | None = None) -> None:
-        """Block while the infer queue holds ``limit`` chunks or more (0: never block), or
-        until ``stop`` is set (a watcher told to stop)."""
-        delay = 0.05
-        while limit and self.pending_chunks() >= limit:
-            if stop is None:
-                time.sleep(delay)
-            elif stop.wait(delay):
-                return
-            delay = min(delay * 2, 1.0)
-
-    def send(self, message: ChunkMessage) -> None:
-        send_chunk(self.app, message)
 
 
 def submit(source: str | Iterable[str] | Source, job: str | None = None,
@@ -115,7 +73,7 @@ def submit_counted(source: str | Iterable[str] | Source, job: str | None = None,
     client = client or Client(settings)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
-    job = check_job_id(job or new_job_id())
+    job = JOB_ID.check(job or new_job_id())
     resolved = source if isinstance(source, Source) else sources.resolve(source, client.storage)
     limit = settings.max_pending_chunks if max_pending is None else max_pending
     run = _Submission(client, job, resolved, model=model, results=settings.results,
@@ -149,17 +107,20 @@ class _Submission:
         self.size, self.limit, self.progress = size, limit, progress
         self.inputs = InputRecord(client.storage, results, job)
         self.sent = Sent(job)
+        self.record = Job(job)  # the record, once created or resumed
 
     def run(self) -> Sent:
         fresh = None if self.jobs.exists(self.job) else self._first_uris()
         created = self.jobs.create_or_resume(self.job, model=self.model, results=self.results,
                                              source=self.source.location, chunk_size=self.size)
         fresh = fresh if created else None  # another submission created it meanwhile
-        record = self.jobs.get(self.job)
+        record = self.record = self.jobs.get(self.job)
         self.sent.resumed = not created
         try:
             if not created:
-                self._send_recorded(record)
+                self.sent.listed_images = record.listed_images
+                resend_unfinished(self.client.storage, self.jobs, record,
+                                  lambda item: self._send(item.chunk, item.uris))
             if not record.listing_done:
                 self._list_record_send(record, fresh)
             elif not created and self.source.kind == "folder":
@@ -172,8 +133,8 @@ class _Submission:
         except BaseException as exc:
             self._stopped(created, exc)
             raise
-        if self.jobs.end_submit(self.job):  # every chunk was already done: nobody else will
-            write_manifest(self.client.storage, self.jobs, self.job)
+        # Every chunk may be done already: then this ends the job.
+        finish(self.client.storage, self.jobs, self.job, ended=self.jobs.end_submit(self.job))
         logger.info("job %s: sent %d chunks, %d images", self.job, self.sent.chunks,
                     self.sent.images)
         return self.sent
@@ -203,19 +164,6 @@ class _Submission:
             self.jobs.submission_stopped(self.job, reason)
         except Exception:
             logger.exception("could not record why the submission of %s stopped", self.job)
-
-    def _send_recorded(self, record: Job) -> None:
-        """Send the recorded chunks that are not done (a resubmission or ``resume``)."""
-        self.sent.listed_images = record.listed_images
-        for first in self.inputs.segments():
-            if first >= record.listed_chunks:
-                break
-            segment = [(c, uris) for c, uris in self.inputs.chunks_of(first)
-                       if c < record.listed_chunks]
-            done = self.jobs.done_chunks(self.job, [c for c, _ in segment], 0)
-            for chunk, uris in segment:
-                if chunk not in done:
-                    self._send(chunk, uris)
 
     def _list_record_send(self, record: Job, fresh: Iterable[str] | None) -> None:
         """List the source (or its rest), record each segment, then send its chunks."""
@@ -253,9 +201,8 @@ class _Submission:
                          f"{job.images} images were sent, the rest was not")
 
     def _send(self, chunk: int, uris: list[str]) -> None:
-        self.client.wait_for_room(self.limit)
-        self.jobs.mark_sent(self.job, chunk, 0, len(uris))
-        self.client.send(ChunkMessage(self.job, chunk, uris, self.model, self.results))
+        self.client.sender.wait_for_room(self.limit)
+        self.client.sender.send(self.record, chunk, uris)
         self.sent.chunks += 1
         self.sent.images += len(uris)
         if self.progress:
@@ -278,21 +225,18 @@ def retry(job: str, *, client: Client) -> int:
     are corrected (not added to); the manifest is written again when the retry finishes.
     """
     record = client.jobs.get(job)
-    results, model = record.results, record.model
     generation = client.jobs.start_retry(job)
     resubmitted = 0
     for chunk in range(record.chunks):
-        failed = failed_uris(client.storage, results, job, chunk)
+        failed = failed_uris(client.storage, record.results, job, chunk)
         if failed is None:
             logger.warning("job %s: part %d was never written; send its chunk again with "
                            "`rstream resume %s`", job, chunk, job)
             continue
         if failed:
-            client.jobs.mark_sent(job, chunk, generation, len(failed))
-            client.send(ChunkMessage(job, chunk, failed, model, results, generation))
+            client.sender.send(record, chunk, failed, generation)
             resubmitted += len(failed)
-    if client.jobs.end_submit(job):
-        write_manifest(client.storage, client.jobs, job)
+    finish(client.storage, client.jobs, job, ended=client.jobs.end_submit(job))
     return resubmitted
 
 

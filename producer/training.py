@@ -12,15 +12,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from producer.submit import Client
-from shared import modelref
-from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
-from shared.errors import NotFoundError
-from shared.finetune_config import TrainConfig, check_overrides, preset
-from shared.finetune_runs import TrainRuns
-from shared.modelref import check_name
-from shared.registry import Registry
-from shared.settings import Settings
+from rstream.producer.client import Client
+from rstream.shared import modelref
+from rstream.shared.constants import FINETUNE_TASK, TRAIN_QUEUE
+from rstream.shared.errors import NotFoundError
+from rstream.shared.names import MODEL_NAME
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.training.config import TrainConfig, check_overrides, preset
+from rstream.shared.training.runs import TrainRuns
 
 
 def checked_options(settings: Settings, *, name: str | None = None, mode: str | None = None,
@@ -36,7 +36,7 @@ def checked_options(settings: Settings, *, name: str | None = None, mode: str | 
     TrainConfig(mode=mode or settings.train_mode, epochs=epochs or settings.train_epochs,
                 **overrides)
     if name:
-        check_name(name)
+        MODEL_NAME.check(name)
     if start:
         modelref.parse(start)
     if data:

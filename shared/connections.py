@@ -11,8 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.errors import ConfigError
-from shared.settings import mask_url
+from rstream.shared.errors import ConfigError
+from rstream.shared.settings import mask_url
 
 CHECK_TIMEOUT_S = 3.0
 

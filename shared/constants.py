@@ -1,7 +1,8 @@
 """Names shared by the producer and the worker: queues, tasks and Redis keys.
 
-Storage layouts live with their owners: result parts in :mod:`shared.results`, the manifest in
-:mod:`shared.manifest`, the model registry in :mod:`shared.registry`.
+Storage layouts live with their owners: result parts in :mod:`rstream.shared.jobs.results`, the
+manifest in :mod:`rstream.shared.jobs.manifest`, the model registry in
+:mod:`rstream.shared.registry`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ WORKER_KEY = REDIS_PREFIX + ":worker:{node}"  # a live worker's heartbeat (expir
 TRAIN_LOCK_KEY = REDIS_PREFIX + ":lock:finetune:{name}"
 TRAIN_RUN_KEY = REDIS_PREFIX + ":train:run:{run}"  # one fine-tune run's progress and outcome
 
-# Watch mode (producer/watches.py): one watcher per name, its state in these keys.
+# Watch mode (producer/watch/record.py): one watcher per name, its state in these keys.
 WATCHES_KEY = REDIS_PREFIX + ":watches"  # the names of every watch that has state
 WATCH_KEY = REDIS_PREFIX + ":watch:{name}"  # its options, cursor and last pass (hash)
 WATCH_LOCK_KEY = REDIS_PREFIX + ":watch:{name}:lock"  # held by the one watcher running it

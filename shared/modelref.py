@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.errors import ConfigError, ModelError
+from rstream.shared.errors import ConfigError, ModelError
+from rstream.shared.names import MODEL_NAME
 
 #: The architectures rstream builds (torchvision ResNets).
 ARCHS = ("resnet18", "resnet50")
@@ -27,12 +28,9 @@ TORCHVISION_WEIGHTS = {
     "resnet50": ("IMAGENET1K_V1", "IMAGENET1K_V2"),
 }
 
-#: A model name: a path segment in the registry and a word in ``NAME@VERSION``.
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 #: A registry version id, which sorts by creation time: ``20261127T195512123456Z-3f2a``.
 VERSION_PATTERN = r"\d{8}T\d{6}\d{6}Z-[0-9a-f]{4}"
 
-NAME_RE = re.compile(NAME_PATTERN)
 VERSION_RE = re.compile(VERSION_PATTERN)
 MAX_CLASSES = 100_000
 _FORMS = "NAME, NAME@VERSION, torchvision:ARCH:WEIGHTS or random:ARCH[:classes=N][:seed=S]"
@@ -63,14 +61,6 @@ class ModelRef:
         return self.kind == "registry" and not self.version
 
 
-def check_name(name: str) -> str:
-    """``name`` when it is a valid model name, else ConfigError naming the rule."""
-    if not NAME_RE.fullmatch(name):
-        raise ConfigError(f"model name {name!r} is invalid: use letters, digits, '.', '_' or '-' "
-                         "(at most 64, starting with a letter or digit)")
-    return name
-
-
 def parse(text: str) -> ModelRef:
     """The reference ``text``, checked; ModelError with the reason when it is not one."""
     text = text.strip()
@@ -93,7 +83,7 @@ def parse(text: str) -> ModelRef:
             f"weights, random:{text} for a random init, or the name of a registry model")
     name, at, version = text.partition("@")
     try:
-        check_name(name)
+        MODEL_NAME.check(name)
     except ConfigError as exc:
         raise ModelError(f"model reference {text!r}: {exc}") from None
     if at and not VERSION_RE.fullmatch(version):

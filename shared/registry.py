@@ -12,9 +12,10 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import ConfigError, ModelError, NotFoundError, PermanentError
-from shared.modelref import NAME_RE, VERSION_RE, check_name
-from shared.storage import Storage, join
+from rstream.shared.errors import ConfigError, ModelError, NotFoundError, PermanentError
+from rstream.shared.modelref import VERSION_RE
+from rstream.shared.names import MODEL_NAME
+from rstream.shared.storage import Storage, join
 
 WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
@@ -39,7 +40,7 @@ class Registry:
             raise ConfigError(f"model version {version!r} is not a version id (like "
                               f"20261127T195512123456Z-3f2a): list them with "
                               f"`rstream models ls {name}`")
-        return join(self.prefix, check_name(name), version, filename)
+        return join(self.prefix, MODEL_NAME.check(name), version, filename)
 
     def weights_uri(self, name: str, version: str) -> str:
         return self.version_uri(name, version, WEIGHTS_NAME)
@@ -48,7 +49,7 @@ class Registry:
         return self.version_uri(name, version, META_NAME)
 
     def pointer_uri(self, name: str) -> str:
-        return join(self.prefix, check_name(name), PRODUCTION_NAME)
+        return join(self.prefix, MODEL_NAME.check(name), PRODUCTION_NAME)
 
     def read_meta(self, name: str, version: str) -> dict[str, Any]:
         uri = self.meta_uri(name, version)
@@ -68,7 +69,7 @@ class Registry:
 
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name``, oldest first; a version without meta.json is not one."""
-        base = join(self.prefix, check_name(name)) + "/"
+        base = join(self.prefix, MODEL_NAME.check(name)) + "/"
         found = []
         for uri in self.storage.list(base):
             rest = uri[len(base):]
@@ -81,7 +82,7 @@ class Registry:
         """Model names that have a production pointer or at least one version."""
         base = self.prefix.rstrip("/") + "/"
         seen = {uri[len(base):].split("/", 1)[0] for uri in self.storage.list(base)}
-        return sorted(n for n in seen if NAME_RE.fullmatch(n))
+        return sorted(n for n in seen if MODEL_NAME.matches(n))
 
     def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
         """The production pointer and its ETag, or (None, None) when there is none yet."""

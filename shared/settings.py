@@ -1,8 +1,8 @@
 """Settings: one frozen object built from ``RSTREAM_*`` environment variables.
 
 Build it once at an edge (the CLI, the worker start-up) with :meth:`Settings.from_env` and pass
-it down. Every field is documented here; the README's configuration table is generated from
-these docs (``rstream config --markdown``) and a test keeps the two identical.
+it down. Every field is documented here; ``docs/configuration.md`` is generated from these docs
+(``rstream config --markdown``) and a test keeps the two identical.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from shared import modelref
-from shared.errors import ConfigError, RstreamError
+from rstream.shared import modelref
+from rstream.shared.errors import ConfigError, RstreamError
+from rstream.shared.names import MODEL_NAME
 
 ENV_PREFIX = "RSTREAM_"
 
@@ -194,7 +195,7 @@ def _host(raw: str) -> str:
 
 def _model_name(raw: str) -> str:
     value = raw.strip()
-    if not modelref.NAME_RE.fullmatch(value):
+    if not MODEL_NAME.matches(value):
         raise ValueError("not a model name")
     return value
 
@@ -374,8 +375,8 @@ class Settings:
         unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in _ENV_NAMES)
         if unknown:
             raise ConfigError(
-                f"unknown setting {unknown[0]}: check its spelling against the README's "
-                "configuration table (rstream config)")
+                f"unknown setting {unknown[0]}: check its spelling against the settings "
+                "in docs/configuration.md (rstream config --markdown)")
         return cls(**values)
 
     def as_env(self) -> dict[str, str]:
@@ -435,8 +436,26 @@ def _inside_root(name: str, value: str, root: str) -> None:
 _ENV_NAMES = frozenset(env_name(f.name) for f in dataclasses.fields(Settings))
 
 
+CONFIGURATION_INTRO = """\
+# Configuration
+
+Every setting is an environment variable, validated at start: a wrong value fails with a
+message that names the variable, the value and the fix (`RSTREAM_CHUNK_SIZE='0' is invalid
+(out of range [1, 10000]): use an integer from 1 to 10000`). `rstream config` prints the values
+in effect; unknown `RSTREAM_*` variables are refused, so a typo does not pass silently.
+
+This page is generated from the settings' own documentation in `shared/settings.py` by
+`rstream config --markdown > docs/configuration.md`; a test keeps the two identical.
+"""
+
+
+def configuration_doc() -> str:
+    """``docs/configuration.md``: the introduction and the table of every setting."""
+    return f"{CONFIGURATION_INTRO}\n{markdown_table()}\n"
+
+
 def markdown_table() -> str:
-    """The README's configuration table, generated from the field docs."""
+    """The table of every setting, its default and its meaning, from the field docs."""
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         shown = _as_text(f.default)

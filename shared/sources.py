@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
-from shared.errors import ConfigError, NotFoundError, PermanentError
-from shared.storage import Storage
+from rstream.shared.errors import ConfigError, NotFoundError, PermanentError
+from rstream.shared.storage import Storage
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".list", ".manifest")
 LIST = "<list>"  # the recorded source of a job submitted as a Python list

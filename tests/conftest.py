@@ -4,10 +4,10 @@ Services (the moto S3 server, a private ``redis-server``; see tests/services.py,
 benchmarks share) are started by session fixtures.
 When one cannot start, the test that asked for it is skipped with the reason, except under
 ``CI=true``, where it fails: CI must never pass by skipping. Use :func:`service_unavailable`
-for any new service fixture so that rule holds everywhere.
+for any new service fixture so that rule holds everywhere. Helpers that tests import live in
+named modules (``tests/services.py``, ``tests/settings.py``, ``tests/pipeline.py``, ...), never
+here.
 
-- ``make_settings(**overrides)``: Settings from an EMPTY environment plus overrides, so that no
-  test depends on the developer's ``RSTREAM_*`` variables.
 - ``moto_server``: the endpoint URL of moto's S3 server (real HTTP on a free loopback port),
   with dummy AWS credentials set for the whole session.
 - ``s3_admin``: a plain boto3 client on that server, for setting up and inspecting buckets.
@@ -18,18 +18,35 @@ for any new service fixture so that rule holds everywhere.
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
-from shared.settings import Settings
-from tests.services import RedisServer, ServiceUnavailable, moto_server
+from rstream.shared.settings import Settings
+from tests.services import RedisServer, ServiceUnavailable, moto_server, service_unavailable
+from tests.settings import make_settings
 
 INTEGRATION = Path(__file__).parent / "integration"
+
+
+class _NoFolderNames(importlib.abc.MetaPathFinder):
+    """The three folders install as ``rstream.producer``, ``rstream.shared`` and
+    ``rstream.worker``; the checkout's root is on ``sys.path`` in a test run, so ``import
+    shared`` would load a second copy of every module it reaches. It fails here instead."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.split(".", maxsplit=1)[0] in ("producer", "shared", "worker"):
+            raise ImportError(f"import rstream.{name}, not {name}: the checkout's folders "
+                              "install under rstream")
+
+
+sys.meta_path.insert(0, _NoFolderNames())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,24 +63,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA device")
-
-
-def in_ci() -> bool:
-    """True when the environment says this is CI, where missing services are failures."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def service_unavailable(reason: str) -> NoReturn:
-    """Skip the current test, or fail it under ``CI=true``."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: a missing service is a failure, not a skip)",
-                    pytrace=False)
-    pytest.skip(reason)
-
-
-def make_settings(**overrides: Any) -> Settings:
-    """Settings from an empty environment plus ``overrides`` (field names, typed values)."""
-    return Settings.from_env({}, **overrides)
 
 
 @pytest.fixture(scope="session")

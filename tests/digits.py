@@ -1,14 +1,14 @@
 """scikit-learn's digits as labelled PNG files in the ``{class}/`` layout, for training tests.
 
 Nothing is downloaded: ``load_digits`` ships with scikit-learn. The images are
-:func:`worker.samples.digit_pngs`, the same the demo trains on.
+:func:`rstream.worker.samples.digit_pngs`, the same the demo trains on.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from worker.samples import digit_pngs
+from rstream.worker.samples import digit_pngs
 
 __all__ = ["digit_pngs", "render_digits"]
 

@@ -27,8 +27,8 @@ from torch import nn
 from torchvision import transforms as T
 from torchvision.models import resnet18
 
+from rstream.worker.model.preprocess import Preprocessing
 from tests.images import PHOTOS, jpeg_bytes, photo
-from worker.preprocess import Preprocessing
 
 SOURCES = tuple(PHOTOS)
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from producer import windows
-from producer.cli import main
-from shared.inputs import InputRecord
+from rstream.producer.cli import main
+from rstream.producer.watch import windows
+from rstream.shared.jobs.inputs import InputRecord
 
 
 def _pausing(original: Callable[..., Any], nth: int, marker: Path) -> Callable[..., Any]:

@@ -1,6 +1,7 @@
-"""The Celery app of the worker: ``celery -A worker.app worker -Q infer --pool threads -c N``.
+"""The Celery app of the worker: ``celery -A rstream.worker.app worker -Q infer --pool threads -c
+N``.
 
-The same app serves the trainer (``-Q train``) and beat (``celery -A worker.app beat``).
+The same app serves the trainer (``-Q train``) and beat (``celery -A rstream.worker.app beat``).
 
 Settings are read and validated here, at worker start-up; torch and the model load lazily in
 the worker process (on the first task, or in the background once the worker is ready when
@@ -27,11 +28,12 @@ from typing import Any
 
 from celery.signals import celeryd_after_setup, celeryd_init, setup_logging
 
-from shared import logs
-from shared.celery_app import beat_schedule, make_app
-from shared.settings import Settings
-from worker import lifecycle
-from worker.tasks import register
+from rstream.shared import logs
+from rstream.shared.queue.app import make_app
+from rstream.shared.queue.beat import beat_schedule
+from rstream.shared.settings import Settings
+from rstream.worker.runtime import lifecycle
+from rstream.worker.tasks import register
 
 settings = Settings.from_env()
 app = make_app(settings)
@@ -39,10 +41,10 @@ app.conf.beat_schedule = beat_schedule(settings)
 app.conf.worker_pool = "threads"
 app.conf.worker_concurrency = settings.concurrency
 # A message that cannot be decoded or validated is dead-lettered, never allowed to end the
-# process or to be dropped with only a log line (worker/intake.py).
-app.conf.worker_consumer = "worker.intake:Consumer"
+# process or to be dropped with only a log line (worker/runtime/intake.py).
+app.conf.worker_consumer = "rstream.worker.runtime.intake:Consumer"
 if settings.redis_url.startswith(("redis://", "rediss://")):
-    app.conf.broker_transport = "worker.intake:Transport"
+    app.conf.broker_transport = "rstream.worker.runtime.intake:Transport"
     if settings.redis_url.startswith("rediss://") and not app.conf.broker_use_ssl:
         # Naming the transport class bypasses kombu's own rediss:// default; verify certs.
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.errors import ConfigError
-from shared.storage import Storage, join
+from rstream.shared.errors import ConfigError
+from rstream.shared.storage import Storage, join
 
 PHOTOS = (
     ("skimage", "data/astronaut.png"), ("skimage", "data/coffee.png"),

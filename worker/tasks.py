@@ -10,14 +10,14 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from shared import deadletters
-from shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK
-from shared.errors import InvalidMessage
-from shared.messages import ChunkMessage
-from shared.settings import Settings
-from worker import metrics
-from worker.chunks import REDIS_ERRORS, Outcome, handle, log_fields
-from worker.process import ProcessState
+from rstream.shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK
+from rstream.shared.errors import InvalidMessage
+from rstream.shared.queue import deadletters
+from rstream.shared.queue.messages import ChunkMessage
+from rstream.shared.settings import Settings
+from rstream.worker.runtime import metrics
+from rstream.worker.serving.chunks import REDIS_ERRORS, Outcome, handle, log_fields
+from rstream.worker.serving.state import ProcessState
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def register(app: Celery, settings: Settings) -> ProcessState:
               time_limit=settings.train_time_limit,
               soft_time_limit=max(1, settings.train_time_limit - 60))
     def finetune(self: Task, **options: Any) -> dict[str, Any]:
-        from worker.finetune.task import train_once
+        from rstream.worker.finetune.task import train_once
 
         return train_once(settings, self.request.id or "manual", **options)
 

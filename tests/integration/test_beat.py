@@ -10,9 +10,10 @@ from pathlib import Path
 import redis
 from celery.beat import Scheduler
 
-from shared.celery_app import beat_schedule, make_app
-from shared.constants import FINETUNE_TASK, TRAIN_QUEUE
-from tests.conftest import make_settings
+from rstream.shared.constants import FINETUNE_TASK, TRAIN_QUEUE
+from rstream.shared.queue.app import make_app
+from rstream.shared.queue.beat import beat_schedule
+from tests.settings import make_settings
 
 
 class Clock:

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.errors import ConfigError, TransientError
-from shared.jobs import JobStore
-from shared.messages import ChunkMessage
-from shared.results import ok_line, part_uri, read_part
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.shared.errors import ConfigError, TransientError
+from rstream.shared.jobs.results import ok_line, part_uri, read_part
+from rstream.shared.jobs.store import JobStore
+from rstream.shared.queue.messages import ChunkMessage
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.serving.chunks import ChunkContext, handle
 from tests.services import free_port
-from worker.chunks import ChunkContext, handle
+from tests.settings import make_settings
 
 URIS = ["img/a.jpg", "img/b.jpg", "img/c.jpg"]
 

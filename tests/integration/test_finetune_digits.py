@@ -4,7 +4,7 @@ Integration only in that it trains on real files through storage, end to end thr
 :func:`run_finetune`; it needs no services. From a seeded random init, a short CPU run with
 the ``digits`` preset (fewer images and epochs) must reach the pinned validation accuracy, far
 above the untrained model's on the same images. The full preset's accuracy on all 1,797
-digits is measured by ``bench/train_digits.py`` (README, "Training").
+digits is measured by ``bench/train_digits.py`` (docs/performance.md, "Training").
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.finetune_config import TrainConfig, preset
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.config import TrainConfig, preset
+from rstream.worker.finetune import dataset
+from rstream.worker.finetune.evaluation import evaluate
+from rstream.worker.finetune.run import run_finetune
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.preprocess import Preprocessing
 from tests.digits import digit_pngs, render_digits
-from worker.finetune import dataset
-from worker.finetune.evaluation import evaluate
-from worker.finetune.run import run_finetune
-from worker.models import load_model
-from worker.preprocess import Preprocessing
+from tests.settings import make_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 logger = logging.getLogger(__name__)

@@ -6,19 +6,20 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from producer import monitor
-from producer.submit import Client, submit
-from shared.registry import Registry
-from shared.results import part_uris
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.integration.test_pipeline import pipeline_settings
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.jobs.results import part_uris
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.samples import write_samples
+from tests.pipeline import pipeline_settings
 from tests.services import WorkerProcess, free_port, sample, scrape
-from worker.samples import write_samples
 
 
 def publish(settings: Settings, seed: int) -> str:
-    from worker.models import load_model, save_model
+    from rstream.worker.model.loader import load_model, save_model
 
     loaded = load_model(f"random:resnet18:classes=10:seed={seed}")
     registry = Registry(Storage(settings), settings.models)

@@ -16,13 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import service_unavailable
-from tests.integration.pipeline_data import write_dataset
-from tests.integration.test_pipeline import pipeline_settings, save_tiny_model
-from tests.services import REPO, WorkerProcess, free_port
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from tests.pipeline import pipeline_settings, save_tiny_model, write_dataset
+from tests.services import REPO, WorkerProcess, free_port, service_unavailable
 
 READ, SUBMIT, ADMIN = ("r" * 20, "s" * 20, "a" * 20)
 TOKENS = f"{READ}:read,{SUBMIT}:read+submit,{ADMIN}:admin"
@@ -30,7 +28,7 @@ WAIT_S = 180.0
 
 
 class ApiProcess:
-    """``python -m producer.cli api`` on a free port, with its log in a file."""
+    """``python -m rstream.producer.cli api`` on a free port, with its log in a file."""
 
     def __init__(self, settings: Settings, log: Path, **env: str) -> None:
         self.port = free_port()
@@ -39,8 +37,9 @@ class ApiProcess:
         environ.update({"RSTREAM_API_PORT": str(self.port), **env})
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([sys.executable, "-m", "producer.cli", "api"], cwd=REPO,
-                                        env=environ, stdout=self._out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([sys.executable, "-m", "rstream.producer.cli", "api"],
+                                        cwd=REPO, env=environ, stdout=self._out,
+                                        stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:
@@ -102,7 +101,7 @@ def poll_done(http: httpx.Client, job: str) -> dict[str, Any]:
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
     env.update(settings.as_env())
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "rstream.producer.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -245,8 +244,8 @@ def test_the_api_refuses_to_serve_the_network_without_tokens(stack: dict[str, An
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
     env.update(stack["settings"].as_env())
     env["RSTREAM_API_HOST"] = "0.0.0.0"
-    result = subprocess.run([sys.executable, "-m", "producer.cli", "api"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([sys.executable, "-m", "rstream.producer.cli", "api"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "without any token would let anyone on the network submit" in result.stderr
 
@@ -286,7 +285,7 @@ def test_the_dashboard_shows_jobs_failures_labels_and_models(stack: dict[str, An
     assert f'data-model="{model.split("@")[0]}"' in dom and model.split("@")[1] in dom
     assert shot.stat().st_size > 10_000
     out = REPO / "docs" / "dashboard.png"
-    if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):  # refresh the README's picture
+    if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):  # refresh docs/dashboard.png
         out.parent.mkdir(exist_ok=True)
         shutil.copy(shot, out)
 

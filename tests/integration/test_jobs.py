@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.errors import PermanentError
-from shared.jobs import CANCELLED, DONE, RUNNING, JobStore
+from rstream.shared.errors import PermanentError
+from rstream.shared.jobs.store import CANCELLED, DONE, RUNNING, JobStore
 
 
 @pytest.fixture
@@ -126,9 +126,9 @@ def test_cancel_and_retry_of_running_job(store: JobStore) -> None:
 
 def test_wait_learns_of_the_end_at_once_not_at_its_next_poll(store: JobStore,
                                                            tmp_path: Path) -> None:
-    from producer import monitor
-    from shared.storage import Storage
-    from tests.conftest import make_settings
+    from rstream.producer import monitor
+    from rstream.shared.storage import Storage
+    from tests.settings import make_settings
 
     job = new_job(store)
     store.mark_sent(job, 0, 0, 4)

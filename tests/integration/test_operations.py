@@ -2,7 +2,7 @@
 
 - /readyz through a model load (a default model that is not published yet, then is) and a
   broker outage (Redis stopped and started again), while /healthz stays green;
-- a worker started by hand (``celery -A worker.app worker``) runs the thread pool, logs
+- a worker started by hand (``celery -A rstream.worker.app worker``) runs the thread pool, logs
   rstream's own lines as JSON with the chunk fields and a "ready" line, and sends the task
   events that Flower shows;
 - ``rstream exporter``: queue depth, the age of the chunk next in line, dead letters and live
@@ -25,16 +25,16 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from producer import monitor
-from producer.submit import Client, submit
-from shared import deadletters
-from shared.celery_app import make_app
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import service_unavailable
-from tests.integration.pipeline_data import write_dataset
-from tests.integration.test_pipeline import WAIT_S, pipeline_settings, save_tiny_model
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.queue import deadletters
+from rstream.shared.queue.app import make_app
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.worker.samples import write_samples
+from tests.pipeline import WAIT_S, pipeline_settings, save_tiny_model, write_dataset
 from tests.services import (
     REPO,
     RedisServer,
@@ -44,8 +44,8 @@ from tests.services import (
     http_get,
     sample,
     scrape,
+    service_unavailable,
 )
-from worker.samples import write_samples
 
 
 @pytest.fixture
@@ -183,7 +183,8 @@ def test_a_worker_started_by_hand_logs_json_with_chunk_fields_and_sends_task_eve
     [ready] = [r for r in records if r["message"].startswith("rstream worker byhand@")]
     assert " ready: queues " in ready["message"] and "thread pool of 2" in ready["message"]
     assert ready["worker"].startswith("byhand@")
-    chunk_lines = [r for r in records if r.get("job") == job and r["logger"] == "worker.tasks"]
+    chunk_lines = [r for r in records
+                   if r.get("job") == job and r["logger"] == "rstream.worker.tasks"]
     assert sorted(r["chunk"] for r in chunk_lines) == [0, 1]
     assert all(r["model"] == model and r["worker"] == ready["worker"] for r in chunk_lines)
 
@@ -199,7 +200,7 @@ class Exporter:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "exporter", "--port", str(self.port)],
+            [sys.executable, "-m", "rstream.producer.cli", "exporter", "--port", str(self.port)],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         until("the exporter answers", lambda: http_get(f"{self.url}/healthz")[0] == 200,
               timeout_s=30)
@@ -255,5 +256,5 @@ def test_the_exporter_serves_queue_depth_and_the_oldest_chunks_age(
         code = exporter.stop()
     assert code == 0, exporter.log_path.read_text()
     records = [json.loads(line) for line in exporter.log_path.read_text().splitlines()]
-    assert any(r["logger"] == "producer.exporter" and exporter.url in r["message"]
+    assert any(r["logger"] == "rstream.producer.exporter" and exporter.url in r["message"]
                for r in records), "the CLI logs in the worker's format"

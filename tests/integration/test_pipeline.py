@@ -23,47 +23,34 @@ import pytest
 from kombu import Connection
 from kombu import Producer as KombuProducer
 
-from producer import monitor
-from producer.cli import main as cli_main
-from producer.submit import Client, retry, submit
-from shared.celery_app import queued
-from shared.constants import INFER_QUEUE, INFER_TASK
-from shared.errors import NotFoundError, PermanentError
-from shared.jobs import CANCELLED, DONE
-from shared.manifest import manifest_uri
-from shared.registry import Registry
-from shared.results import part_uri, part_uris
-from shared.settings import Settings
-from shared.storage import join
-from tests.conftest import make_settings
-from tests.integration.pipeline_data import good_images, write_dataset
+from rstream.producer import monitor
+from rstream.producer.cli import main as cli_main
+from rstream.producer.client import Client
+from rstream.producer.submit import retry, submit
+from rstream.shared.constants import INFER_QUEUE, INFER_TASK
+from rstream.shared.errors import NotFoundError, PermanentError
+from rstream.shared.jobs.manifest import manifest_uri
+from rstream.shared.jobs.results import part_uri, part_uris
+from rstream.shared.jobs.store import CANCELLED, DONE
+from rstream.shared.queue.inspect import queued
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import join
+from tests.pipeline import (
+    WAIT_S,
+    assert_one_line_per_uri,
+    good_images,
+    pipeline_settings,
+    save_tiny_model,
+    write_dataset,
+)
 from tests.services import (
     WorkerProcess,
     free_port,
     http_get,
-    publish_random_model,
     sample,
     scrape,
 )
-
-WAIT_S = 240.0
-
-
-def save_tiny_model(settings: Settings, name: str = "tiny") -> str:
-    return publish_random_model(settings, name)
-
-
-def pipeline_settings(redis_url: str, root: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "redis_url": redis_url, "storage_root": str(root), "chunk_size": 16, "max_batch": 32,
-        "max_delay_ms": 20.0, "decode_threads": 4, "concurrency": 2, "device": "cpu",
-        "task_time_limit": 60, "visibility_timeout": 120, "max_pending_chunks": 0,
-        "reload_interval": 1.0,
-        # Eager by default here: each new registry version would cost an ONNX export (tens of
-        # seconds on two cores); the module's own worker below runs the default (auto: ONNX).
-        "backend": "eager"}
-    base.update(overrides)
-    return make_settings(**base)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +66,10 @@ def env(redis_server: str, moto_server: str, bucket: str,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
     """Settings, a tiny model in the registry, and one running worker for the module."""
     root = tmp_path_factory.mktemp("root")
-    settings = pipeline_settings(redis_server, root, s3_endpoint_url=moto_server,
+    # A database of its own: no other test's worker can take a chunk of these jobs (the
+    # metrics test counts what this worker scored).
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/7", root,
+                                 s3_endpoint_url=moto_server,
                                  allowed_buckets=(bucket,), s3_max_attempts=3,
                                  metrics_port=free_port(), backend="auto")
     model = save_tiny_model(settings)
@@ -92,14 +82,6 @@ def run_job(client: Client, source: str, model: str, job: str | None = None) -> 
     job = submit(source, job=job, model=model, client=client)
     monitor.wait(client.jobs, client.storage, job, show_progress=False, timeout_s=WAIT_S)
     return job
-
-
-def assert_one_line_per_uri(client: Client, job: str, uris: list[str]) -> list[dict[str, Any]]:
-    lines = list(monitor.results(client.jobs, client.storage, job))
-    seen = Counter(line["uri"] for line in lines)
-    assert sorted(seen) == sorted(uris), "every URI has a line and no other line exists"
-    assert max(seen.values()) == 1, f"reported twice: {[u for u, n in seen.items() if n > 1]}"
-    return lines
 
 
 def check_job(client: Client, job: str, uris: list[str], model: str) -> list[dict[str, Any]]:
@@ -310,7 +292,7 @@ def test_an_unloadable_model_fails_the_job_fast_and_every_image_gets_its_line(
 def cli_run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
     env.update(settings.as_env())
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "rstream.producer.cli", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

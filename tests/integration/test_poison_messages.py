@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import redis
 
-from producer import monitor
-from producer.submit import Client, submit
-from shared import deadletters
-from shared.constants import INFER_QUEUE, INFER_TASK
-from shared.settings import Settings
-from tests.integration.pipeline_data import good_images
-from tests.integration.test_pipeline import pipeline_settings
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.constants import INFER_QUEUE, INFER_TASK
+from rstream.shared.queue import deadletters
+from rstream.shared.settings import Settings
+from tests.pipeline import good_images, pipeline_settings
 from tests.services import WorkerProcess
 
 MODEL = "random:resnet18:classes=3"

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from producer import monitor
-from producer.submit import Client, resume, submit
-from shared.jobs import DONE
-from shared.results import part_uris
-from shared.storage import join
-from tests.conftest import service_unavailable
-from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
-from tests.services import RedisServer, ServiceUnavailable, WorkerProcess
-from worker.samples import write_samples
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import resume, submit
+from rstream.shared.jobs.results import part_uris
+from rstream.shared.jobs.store import DONE
+from rstream.shared.storage import join
+from rstream.worker.samples import write_samples
+from tests.pipeline import assert_one_line_per_uri, pipeline_settings
+from tests.services import RedisServer, ServiceUnavailable, WorkerProcess, service_unavailable
 
 
 @pytest.fixture

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from producer import monitor
-from producer.submit import Client, resume, submit
-from shared.celery_app import queued
-from shared.constants import INFER_QUEUE, JOB_KEY
-from shared.errors import ConfigError
-from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import resume, submit
+from rstream.shared.constants import INFER_QUEUE, JOB_KEY
+from rstream.shared.errors import ConfigError
+from rstream.shared.queue.inspect import queued
+from rstream.worker.runtime.sweeper import margin_s
+from rstream.worker.samples import write_samples
+from tests.pipeline import assert_one_line_per_uri, pipeline_settings
 from tests.services import WorkerProcess
-from worker.samples import write_samples
-from worker.sweeper import margin_s
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError
 
-from shared.errors import NotFoundError, TransientError
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.shared.errors import NotFoundError, TransientError
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from tests.settings import make_settings
 
 SERVICE_UNAVAILABLE = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable"
                        b"</Code><Message>Please reduce your request rate.</Message></Error>")

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import (
+from rstream.shared.errors import (
     AccessDeniedError,
     NotFoundError,
     ObjectTooLarge,
     PreconditionFailed,
     TransientError,
 )
-from shared.storage import Storage
-from tests.conftest import make_settings
-from tests.integration.conftest import Target
+from rstream.shared.storage import Storage
 from tests.services import free_port
+from tests.settings import make_settings
+from tests.storage_targets import Target
 
 UNICODE_NAME = "données/画像 #1?.jpg"  # non-ASCII, a space, and characters URIs reserve
 

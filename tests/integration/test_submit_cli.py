@@ -1,5 +1,5 @@
 """The submission side as a user meets it: the real console script (``python -m
-producer.cli``) against a real Redis and moto's S3 over HTTP; what is checked is what a user
+rstream.producer.cli``) against a real Redis and moto's S3 over HTTP; what is checked is what a user
 sees, the messages and the exit codes. One test (or a few) per point of the submit-side issue.
 """
 
@@ -20,14 +20,21 @@ from typing import Any
 import pytest
 import redis
 
-from producer.cli import build_parser
-from shared.constants import INFER_QUEUE, TRAIN_QUEUE
-from shared.finetune_config import PRESETS
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings, service_unavailable
-from tests.services import REPO, RedisServer, ServiceUnavailable, WorkerProcess, free_port
+from rstream.producer.cli import build_parser
+from rstream.shared.constants import INFER_QUEUE, TRAIN_QUEUE
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.config import PRESETS
+from tests.services import (
+    REPO,
+    RedisServer,
+    ServiceUnavailable,
+    WorkerProcess,
+    free_port,
+    service_unavailable,
+)
+from tests.settings import make_settings
 
 MODEL = "random:resnet18:classes=3"
 
@@ -46,12 +53,12 @@ class Cli:
         return env
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "producer.cli", *args], cwd=self.cwd,
+        return subprocess.run([sys.executable, "-m", "rstream.producer.cli", *args], cwd=self.cwd,
                               env=self.env(), capture_output=True, text=True, timeout=timeout,
                               check=False)
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "producer.cli", *args], cwd=self.cwd,
+        return subprocess.Popen([sys.executable, "-m", "rstream.producer.cli", *args], cwd=self.cwd,
                                 env=self.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
@@ -277,8 +284,8 @@ def test_a_local_location_outside_the_root_is_refused_when_settings_load(
 
 
 def test_promoting_the_production_version_changes_nothing(cli: Cli) -> None:
-    from worker.models import load_model, save_model
-    from worker.preprocess import Preprocessing
+    from rstream.worker.model.loader import load_model, save_model
+    from rstream.worker.model.preprocess import Preprocessing
 
     registry = Registry(Storage(cli.settings), cli.settings.models)
     module = load_model("random:resnet18:classes=2").module
@@ -325,7 +332,7 @@ def test_a_train_preset_sends_its_options_and_flags_and_set_override_them(cli: C
 
 
 def test_version_prints_the_installed_version() -> None:
-    result = subprocess.run([sys.executable, "-m", "producer.cli", "--version"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "rstream.producer.cli", "--version"], cwd=REPO,
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("rstream ")
 

@@ -24,12 +24,19 @@ from pathlib import Path
 
 import pytest
 
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import in_ci, service_unavailable
-from tests.integration.test_pipeline import pipeline_settings
-from tests.services import REPO, WorkerProcess, free_port, sample, scrape
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from tests.pipeline import pipeline_settings
+from tests.services import (
+    REPO,
+    WorkerProcess,
+    free_port,
+    in_ci,
+    sample,
+    scrape,
+    service_unavailable,
+)
 
 INSTALL_TIMEOUT_S = 600
 
@@ -101,13 +108,17 @@ def test_the_host_has_no_torch_torchvision_or_pil(host: Host) -> None:
     for module in ("torch", "torchvision", "PIL", "numpy"):
         result = host.python(f"import {module}")
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, module
-    result = host.python("import producer, shared, worker; print(producer.__file__)")
+    result = host.python("import rstream.producer.cli, rstream.shared.settings; "
+                         "print(rstream.producer.cli.__file__)")
     assert result.returncode == 0, result.stderr
     assert str(host.venv) in result.stdout, "the installed copy, not the checkout"
+    for name in ("producer", "shared", "worker"):  # one installed name: rstream
+        result = host.python(f"import {name}")
+        assert "ModuleNotFoundError" in result.stderr, name
 
 
 def test_submit_wait_results_jobs_through_a_worker(host: Host, tmp_path: Path) -> None:
-    from worker.samples import write_samples  # the worker side writes the images
+    from rstream.worker.samples import write_samples  # the worker side writes the images
 
     write_samples(Storage(host.settings), "photos/", 4, size=(64, 48), seed=3)
     worker = WorkerProcess(host.settings, tmp_path / "worker.log", "host").wait_ready()
@@ -131,8 +142,8 @@ def test_submit_wait_results_jobs_through_a_worker(host: Host, tmp_path: Path) -
 
 
 def test_models_and_train_commands(host: Host) -> None:
-    from worker.models import load_model, save_model
-    from worker.preprocess import Preprocessing
+    from rstream.worker.model.loader import load_model, save_model
+    from rstream.worker.model.preprocess import Preprocessing
 
     registry = Registry(Storage(host.settings), host.settings.models)
     module = load_model("random:resnet18:classes=2").module

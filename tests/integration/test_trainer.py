@@ -20,18 +20,19 @@ from typing import Any
 import pytest
 import redis
 
-from producer import monitor
-from producer.submit import Client, submit
-from shared.constants import TRAIN_LOCK_KEY
-from shared.finetune_runs import TrainingLock, TrainRuns
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.constants import TRAIN_LOCK_KEY
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.runs import TrainingLock, TrainRuns
+from rstream.worker.finetune.task import train_once
 from tests.digits import digit_pngs, render_digits
-from tests.integration.test_pipeline import pipeline_settings
+from tests.pipeline import pipeline_settings
 from tests.services import REPO, WorkerProcess
-from worker.finetune.task import train_once
+from tests.settings import make_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,7 +4,7 @@ HTTP or local storage; images land while the watcher runs, and watchers, a worke
 are killed on the way. At the end every image has exactly one line in exactly one window,
 and the windows' manifests add up.
 
-The watcher is ``python -m producer.cli watch``; where a test must kill it at one precise
+The watcher is ``python -m rstream.producer.cli watch``; where a test must kill it at one precise
 point (between reading stream entries and recording them), it runs through
 tests/watch_hook.py, the same command line with a pause at that point.
 """
@@ -23,19 +23,23 @@ from typing import Any
 
 import pytest
 
-from producer import monitor
-from producer.submit import Client
-from producer.watches import WatchRecord
-from shared import deadletters
-from shared.constants import INGEST_GROUP, INGEST_STREAM_KEY
-from shared.jobs import DONE, Job
-from shared.manifest import manifest_uri
-from shared.settings import Settings
-from tests.conftest import service_unavailable
-from tests.integration.pipeline_data import bad_images
-from tests.integration.test_pipeline import pipeline_settings, save_tiny_model
-from tests.services import RedisServer, ServiceUnavailable, WatcherProcess, WorkerProcess
-from worker.samples import variants
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.watch.record import WatchRecord
+from rstream.shared.constants import INGEST_GROUP, INGEST_STREAM_KEY
+from rstream.shared.jobs.manifest import manifest_uri
+from rstream.shared.jobs.store import DONE, Job
+from rstream.shared.queue import deadletters
+from rstream.shared.settings import Settings
+from rstream.worker.samples import variants
+from tests.pipeline import bad_images, pipeline_settings, save_tiny_model
+from tests.services import (
+    RedisServer,
+    ServiceUnavailable,
+    WatcherProcess,
+    WorkerProcess,
+    service_unavailable,
+)
 
 WAIT_S = 240.0
 

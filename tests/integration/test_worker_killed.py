@@ -7,16 +7,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer import monitor
-from producer.submit import Client, submit
-from shared.celery_app import make_app
-from shared.constants import INFER_TASK
-from shared.results import part_uris
-from shared.settings import Settings
-from shared.storage import join
-from tests.integration.test_pipeline import assert_one_line_per_uri, pipeline_settings
+from rstream.producer import monitor
+from rstream.producer.client import Client
+from rstream.producer.submit import submit
+from rstream.shared.constants import INFER_TASK
+from rstream.shared.jobs.results import part_uris
+from rstream.shared.queue.app import make_app
+from rstream.shared.settings import Settings
+from rstream.shared.storage import join
+from rstream.worker.samples import write_samples
+from tests.pipeline import assert_one_line_per_uri, pipeline_settings
 from tests.services import WorkerProcess
-from worker.samples import write_samples
 
 
 @dataclass

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from shared.errors import ImageError
-from worker.batcher import Batcher, BatcherClosed, Prediction
-from worker.models import LoadedModel, load_model
-from worker.predict import Predictor, Top
-from worker.preprocess import Preprocessing
+from rstream.shared.errors import ImageError
+from rstream.worker.model.loader import LoadedModel, load_model
+from rstream.worker.model.predict import Predictor, Top
+from rstream.worker.model.preprocess import Preprocessing
+from rstream.worker.serving.batcher import Batcher, BatcherClosed, Prediction
 
 SMALL = Preprocessing(resize=40, crop=32)
 CPU = torch.device("cpu")

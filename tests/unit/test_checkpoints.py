@@ -12,11 +12,11 @@ import safetensors.torch
 import torch
 import torchvision
 
-from producer.cli import main
-from shared.registry import Registry
-from shared.storage import Storage
-from tests.conftest import make_settings
-from worker.models import load_model, load_version
+from rstream.producer.cli import main
+from rstream.shared.registry import Registry
+from rstream.shared.storage import Storage
+from rstream.worker.model.loader import load_model, load_version
+from tests.settings import make_settings
 
 LABELS = [f"digit-{i}" for i in range(10)]
 

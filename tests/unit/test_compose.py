@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from producer.cli import build_parser
-from shared.settings import _ENV_NAMES, ENV_PREFIX
+from rstream.producer.cli import build_parser
+from rstream.shared.settings import _ENV_NAMES, ENV_PREFIX
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 ENV_EXAMPLE = COMPOSE.parent / ".env.example"

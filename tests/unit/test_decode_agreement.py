@@ -1,6 +1,6 @@
 """The decode path each image gets keeps torchvision's reference top-1 class, as seen by a probe
 whose classes spread (tests/probe.py), on a small sample per size. The full measurement (300
-photos per size, five probes) is bench/decode_agreement.py; the README quotes it."""
+photos per size, five probes) is bench/decode_agreement.py; docs/images.md quotes it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from rstream.worker.model import preprocess
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.preprocess import Preprocessing, choose_path, decode_image, normalize
 from tests.probe import Probe, probe_jpegs, reference
-from worker import preprocess
-from worker.models import load_model
-from worker.preprocess import Preprocessing, choose_path, decode_image, normalize
 
 SPEC = Preprocessing()
 LIMIT = 64_000_000

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from shared.endpoints import EndpointServer, Response, metrics_route, probe_route
+from rstream.shared.endpoints import EndpointServer, Response, metrics_route, probe_route
 
 
 def get(url: str, method: str = "GET") -> tuple[int, str, str]:

@@ -15,15 +15,15 @@ import skimage
 import torch
 from PIL import Image
 
-from shared.errors import NotFoundError, TransientError
-from shared.localfs import LocalBackend
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings
-from worker.engine import Engine
-from worker.models import build, save_model
-from worker.preprocess import Preprocessing, decode_image
+from rstream.shared.errors import NotFoundError, TransientError
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.storage.local import LocalBackend
+from rstream.worker.model.loader import build, save_model
+from rstream.worker.model.preprocess import Preprocessing, decode_image
+from rstream.worker.serving.engine import Engine
+from tests.settings import make_settings
 
 SMALL = Preprocessing(resize=72, crop=64)
 PHOTOS = Path(skimage.__file__).parent / "data"

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.registry import Registry
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.shared.registry import Registry
+from rstream.shared.storage import Storage
+from rstream.worker.model import export as export_module
+from rstream.worker.model.loader import load_model, save_model
+from rstream.worker.model.onnx import OnnxPredictor, resolve_backend
+from rstream.worker.model.predict import Predictor
+from rstream.worker.model.preprocess import decode_image, normalize
 from tests.images import jpeg_bytes, photo
-from worker import export as export_module
-from worker.models import load_model, save_model
-from worker.onnx import OnnxPredictor, resolve_backend
-from worker.predict import Predictor
-from worker.preprocess import decode_image, normalize
+from tests.settings import make_settings
 
 pytest.importorskip("onnxruntime", reason="the worker extra (onnxruntime) is not installed")
 
@@ -68,8 +68,8 @@ def test_exported_files_give_rstreams_top5_in_a_fresh_process(
                                "logits = torch.from_numpy(s.run(None, {'x': x.numpy()})[0])"),
                       ("torchscript", "m = torch.jit.load(path); logits = m(x)")):
         out = tmp_path / f"model.{fmt}"
-        result = subprocess.run([sys.executable, "-m", "producer.cli", "models", "export", ref,
-                                 "--format", fmt, "--out", str(out)], cwd=REPO, env=env,
+        result = subprocess.run([sys.executable, "-m", "rstream.producer.cli", "models", "export",
+                                 ref, "--format", fmt, "--out", str(out)], cwd=REPO, env=env,
                                 capture_output=True, text=True, timeout=300, check=False)
         assert result.returncode == 0, result.stderr
         sidecar = json.loads(Path(f"{out}.json").read_text())

@@ -17,19 +17,19 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.errors import ConfigError, NotFoundError, PreconditionFailed
-from shared.finetune_config import TrainConfig
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.shared.errors import ConfigError, NotFoundError, PreconditionFailed
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.config import TrainConfig
+from rstream.worker.finetune import dataset
+from rstream.worker.finetune.loop import prepare
+from rstream.worker.finetune.optimizer import make_optimizer
+from rstream.worker.finetune.run import gate, run_finetune
+from rstream.worker.model.loader import load_model, load_version, save_model
+from rstream.worker.model.preprocess import Preprocessing
 from tests.images import photo
-from worker.finetune import dataset
-from worker.finetune.loop import prepare
-from worker.finetune.optimizer import make_optimizer
-from worker.finetune.run import gate, run_finetune
-from worker.models import load_model, load_version, save_model
-from worker.preprocess import Preprocessing
+from tests.settings import make_settings
 
 START = "random:resnet18:classes=2:seed=0"
 FAST = {"epochs": 1, "batch_size": 8, "resize": 36, "crop": 32, "val_percent": 25}

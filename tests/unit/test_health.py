@@ -12,14 +12,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from shared.endpoints import EndpointServer, probe_route
-from tests.conftest import make_settings
+from rstream.shared.endpoints import EndpointServer, probe_route
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.predict import Predictor, Top
+from rstream.worker.model.preprocess import Preprocessing
+from rstream.worker.runtime.health import Health
+from rstream.worker.runtime.warmup import Warmup
+from rstream.worker.serving.batcher import Batcher
 from tests.services import free_port, http_get
-from worker.batcher import Batcher
-from worker.health import Health, Warmup
-from worker.models import load_model
-from worker.predict import Predictor, Top
-from worker.preprocess import Preprocessing
+from tests.settings import make_settings
 
 WEDGE_S = 1.0
 

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Every module of the submission side, found on disk, so a new one is covered too.
 TORCH_FREE = sorted(
-    ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-    for package in ("producer", "shared") for path in (ROOT / package).rglob("*.py"))
+    "rstream." + ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for package in ("producer", "shared") for path in (ROOT / package).rglob("*.py")
+    if path.name != "__main__.py")
 
 # Installed before anything else runs: any attempt to import torch, torchvision or PIL, even
 # one that some library catches, is recorded in BLOCKED and fails with ImportError.
@@ -61,7 +62,7 @@ def test_producer_and_shared_import_without_torch() -> None:
 @pytest.mark.parametrize("args", [["config"], ["config", "--markdown"]])
 def test_rstream_config_runs_without_torch(args: list[str]) -> None:
     result = _run(
-        "from producer.cli import main\n"
+        "from rstream.producer.cli import main\n"
         f"code = main({args!r})\n"
         "assert not BLOCKED, BLOCKED\n"
         "sys.exit(code)\n")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from tests.conftest import make_settings
-from worker.launcher import parse_gpus, plan
+from rstream.shared.errors import ConfigError
+from rstream.worker.runtime.launcher import parse_gpus, plan
+from tests.settings import make_settings
 
 
 def test_without_gpus_one_cpu_worker_sees_no_cuda() -> None:
@@ -91,7 +91,7 @@ def test_a_process_that_dies_is_restarted_until_sigterm(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import logging, sys
         logging.basicConfig(level=logging.INFO)
-        from worker.launcher import Supervisor
+        from rstream.worker.runtime.launcher import Supervisor
         Supervisor.MAX_BACKOFF_S = 0.2
         sys.exit(Supervisor([([sys.executable, "-c", {child!r}], {{}})]).run())
     """)
@@ -111,7 +111,7 @@ def _supervise(tmp_path: Path, child: str, **knobs: float) -> subprocess.Popen[s
     script = textwrap.dedent("""
         import logging, sys
         logging.basicConfig(level=logging.INFO)
-        from worker.launcher import Supervisor
+        from rstream.worker.runtime.launcher import Supervisor
     """) + settings + f"sys.exit(Supervisor([([sys.executable, '-c', {child!r}], {{}})]).run())\n"
     return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
 

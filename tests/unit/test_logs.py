@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared import logs
+from rstream.shared import logs
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
 def test_json_gives_one_object_per_line_with_the_chunk_fields(stderr: io.StringIO) -> None:
     logs.configure("info", "json", force=True, stream=stderr)
     logs.set_context(worker="rstream-infer-cpu@host")
-    logger = logging.getLogger("worker.tasks")
+    logger = logging.getLogger("rstream.worker.tasks")
     logger.info("job %s chunk %d: %s", "photos", 3, {"ok": 2},
                 extra=logs.chunk_fields("photos", 3, "digits@v1", generation=0))
     logger.debug("not at info")
@@ -37,7 +37,7 @@ def test_json_gives_one_object_per_line_with_the_chunk_fields(stderr: io.StringI
     assert len(lines) == 2, "one line per record, a traceback included"
     first, second = map(json.loads, lines)
     assert first["message"] == "job photos chunk 3: {'ok': 2}"
-    assert (first["level"], first["logger"]) == ("INFO", "worker.tasks")
+    assert (first["level"], first["logger"]) == ("INFO", "rstream.worker.tasks")
     assert (first["job"], first["chunk"], first["model"], first["generation"]) == (
         "photos", 3, "digits@v1", 0)
     assert first["worker"] == "rstream-infer-cpu@host"
@@ -47,10 +47,10 @@ def test_json_gives_one_object_per_line_with_the_chunk_fields(stderr: io.StringI
 
 def test_text_stays_the_default_and_leaves_the_fields_out(stderr: io.StringIO) -> None:
     logs.configure("info", force=True, stream=stderr)
-    logging.getLogger("worker.tasks").warning(
+    logging.getLogger("rstream.worker.tasks").warning(
         "job %s chunk %d", "photos", 3, extra=logs.chunk_fields("photos", 3, "digits@v1"))
     [line] = stderr.getvalue().splitlines()
-    assert line.endswith(" WARNING worker.tasks: job photos chunk 3")
+    assert line.endswith(" WARNING rstream.worker.tasks: job photos chunk 3")
     assert "digits@v1" not in line
 
 

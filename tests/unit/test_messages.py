@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.messages import ChunkMessage
+from rstream.shared.queue.messages import ChunkMessage
 
 
 def test_a_task_id_reads_back_as_its_job_chunk_and_generation() -> None:

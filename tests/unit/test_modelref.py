@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ConfigError, ModelError
-from shared.modelref import ModelRef, check_name, parse
+from rstream.shared.errors import ConfigError, ModelError
+from rstream.shared.modelref import ModelRef, parse
+from rstream.shared.names import MODEL_NAME
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -68,4 +69,4 @@ def test_only_a_bare_name_follows_production() -> None:
 @pytest.mark.parametrize("name", ["abc\n", "a/b", "-lead", "x" * 65, ""])
 def test_model_names_are_matched_whole(name: str) -> None:
     with pytest.raises(ConfigError, match="model name"):
-        check_name(name)
+        MODEL_NAME.check(name)

@@ -11,14 +11,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from shared.errors import ModelError, NotFoundError, TransientError
-from shared.localfs import LocalBackend
-from shared.modelref import ARCHS, TORCHVISION_WEIGHTS
-from shared.registry import Registry
-from shared.storage import Storage
-from tests.conftest import make_settings
-from worker.models import load_model, load_version, save_model
-from worker.preprocess import Preprocessing
+from rstream.shared.errors import ModelError, NotFoundError, TransientError
+from rstream.shared.modelref import ARCHS, TORCHVISION_WEIGHTS
+from rstream.shared.registry import Registry
+from rstream.shared.storage import Storage
+from rstream.shared.storage.local import LocalBackend
+from rstream.worker.model.loader import load_model, load_version, save_model
+from rstream.worker.model.preprocess import Preprocessing
+from tests.settings import make_settings
 
 
 class Marker:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
 
-from worker import nvml
+from rstream.worker.runtime import nvml
 
 
 def test_nothing_is_exported_for_the_cpu() -> None:

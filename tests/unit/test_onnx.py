@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.errors import ConfigError
-from worker.models import LoadedModel, load_model
-from worker.onnx import OnnxPredictor, make_predictor
-from worker.predict import Predictor
-from worker.preprocess import Preprocessing
+from rstream.shared.errors import ConfigError
+from rstream.worker.model.loader import LoadedModel, load_model
+from rstream.worker.model.onnx import OnnxPredictor, make_predictor
+from rstream.worker.model.predict import Predictor
+from rstream.worker.model.preprocess import Preprocessing
 
 pytest.importorskip("onnxruntime", reason="the worker extra (onnxruntime) is not installed")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from shared.errors import ConfigError, ModelError
-from worker.device import resolve_device
-from worker.models import LoadedModel, load_model
-from worker.predict import Predictor, autocast_dtype
-from worker.preprocess import Preprocessing, normalize
+from rstream.shared.errors import ConfigError, ModelError
+from rstream.worker.model.device import resolve_device
+from rstream.worker.model.loader import LoadedModel, load_model
+from rstream.worker.model.predict import Predictor, autocast_dtype
+from rstream.worker.model.preprocess import Preprocessing, normalize
 
 SMALL = Preprocessing(resize=72, crop=64)
 CPU = torch.device("cpu")
@@ -114,7 +114,7 @@ def test_out_of_memory_splits_the_batch_and_gives_the_unsplit_results(
     unsplit = Predictor(loaded, CPU, "fp32", topk=10).predict(images)
     wrapper = OomAbove(loaded.module, limit=3)
     predictor = Predictor(small_model(module=wrapper), CPU, "fp32", topk=10)
-    with caplog.at_level(logging.WARNING, logger="worker.predict"):
+    with caplog.at_level(logging.WARNING, logger="rstream.worker.model.predict"):
         split = predictor.predict(images)
     assert [[e["index"] for e in top] for top in split] == \
         [[e["index"] for e in top] for top in unsplit]

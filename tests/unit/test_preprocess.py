@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from shared.errors import ConfigError, ImageError, PermanentError
+from rstream.shared.errors import ConfigError, ImageError, PermanentError
+from rstream.worker.model.loader import load_model
+from rstream.worker.model.preprocess import (
+    Preprocessing,
+    choose_path,
+    decode_image,
+    draft_scale,
+    normalize,
+)
 from tests.images import (
     animated_bytes,
     bomb_png,
@@ -26,8 +34,6 @@ from tests.images import (
     png_bytes,
     tiff_bytes,
 )
-from worker.models import load_model
-from worker.preprocess import Preprocessing, choose_path, decode_image, draft_scale, normalize
 
 SPEC = Preprocessing()
 LIMIT = 64_000_000

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError, NotFoundError
-from shared.modelref import VERSION_RE, check_name
-from shared.registry import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME, Registry, new_version
-from shared.storage import Storage
-from tests.conftest import make_settings
+from rstream.shared.errors import ConfigError, NotFoundError
+from rstream.shared.modelref import VERSION_RE
+from rstream.shared.names import MODEL_NAME
+from rstream.shared.registry import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME, Registry, new_version
+from rstream.shared.storage import Storage
+from tests.settings import make_settings
 
 
 @pytest.fixture
@@ -80,11 +81,11 @@ def test_names_are_models_with_a_version_or_a_pointer(registry: Registry) -> Non
 @pytest.mark.parametrize("bad", ["", "../up", "a/b", "-lead", "x" * 65, "sp ace"])
 def test_bad_model_names_are_refused(registry: Registry, bad: str) -> None:
     with pytest.raises(ConfigError, match="model name"):
-        check_name(bad)
+        MODEL_NAME.check(bad)
     with pytest.raises(ConfigError):
         registry.versions(bad)
 
 
 def test_good_model_names_pass() -> None:
     for name in ("cats", "resnet18_v2.1", "A-b", "x" * 64):
-        assert check_name(name) == name
+        assert MODEL_NAME.check(name) == name

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ModelError, PermanentError, TransientError
-from shared.registry import Registry
-from shared.storage import Storage
-from tests.conftest import make_settings
-from worker.reload import ProductionTracker
+from rstream.shared.errors import ModelError, PermanentError, TransientError
+from rstream.shared.registry import Registry
+from rstream.shared.storage import Storage
+from rstream.worker.serving.reload import ProductionTracker
+from tests.settings import make_settings
 
 V1, V2, BAD = (f"20261129T00000000000{i}Z-000{i}" for i in (1, 2, 3))
 
@@ -119,7 +119,7 @@ def test_a_corrupt_pointer_keeps_the_current_version_and_is_logged_once(
     tracker = ProductionTracker(registry, 0.01, lambda key: None)
     try:
         assert tracker.version("m") == V1
-        with caplog.at_level(logging.INFO, logger="worker.reload"):
+        with caplog.at_level(logging.INFO, logger="rstream.worker.serving.reload"):
             registry.storage.write(registry.pointer_uri("m"), b'{"version": ')  # torn write
             time.sleep(0.3)  # about thirty checks, by requests and by the watcher
             for _ in range(20):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from producer.cli import main
+from rstream.producer.cli import main
 
 
 @pytest.fixture(autouse=True)

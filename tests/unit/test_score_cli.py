@@ -11,7 +11,7 @@ import pytest
 import skimage
 from PIL import Image
 
-from producer.cli import main
+from rstream.producer.cli import main
 
 PHOTOS = Path(skimage.__file__).parent / "data"
 MODEL = "random:resnet18:classes=10"
@@ -119,7 +119,7 @@ def test_an_empty_source_is_a_usage_error(
 
 
 def test_output_file_appears_only_when_complete(tmp_path: Path) -> None:
-    from worker.score import _output
+    from rstream.worker.serving.score import _output
 
     target = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError), _output(str(target)) as out:

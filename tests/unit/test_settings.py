@@ -1,4 +1,4 @@
-"""Settings: defaults, validation that names the variable, value and fix, README table."""
+"""Settings: defaults, validation that names the variable, value and fix, the generated page."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.settings import Settings, env_name, markdown_table
-from tests.conftest import make_settings
+from rstream.shared.errors import ConfigError
+from rstream.shared.settings import Settings, configuration_doc, env_name, markdown_table
+from tests.settings import make_settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-TABLE_START = "<!-- settings-table:start -->"
-TABLE_END = "<!-- settings-table:end -->"
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 FIELDS = [f.name for f in dataclasses.fields(Settings)]
 
@@ -140,7 +138,7 @@ def test_a_misspelt_override_is_refused() -> None:
 def test_an_unknown_rstream_variable_is_refused() -> None:
     with pytest.raises(ConfigError, match="RSTREAM_MAX_BATCHES") as info:
         Settings.from_env({"RSTREAM_MAX_BATCHES": "8"})
-    assert "README" in str(info.value)
+    assert "docs/configuration.md" in str(info.value)
 
 
 @pytest.mark.parametrize("visibility", ["900", "899"])
@@ -171,14 +169,10 @@ def test_as_env_rebuilds_the_same_settings() -> None:
     assert Settings.from_env(env) == settings
 
 
-def test_readme_configuration_table_matches_the_settings() -> None:
-    text = README.read_text(encoding="utf-8")
-    assert TABLE_START in text and TABLE_END in text, (
-        f"README.md must hold the configuration table between {TABLE_START} and {TABLE_END}")
-    table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
-    assert table == markdown_table(), (
-        "README.md's configuration table is stale: paste the output of `rstream config "
-        "--markdown` between its settings-table markers")
+def test_docs_configuration_is_generated_from_the_settings() -> None:
+    assert CONFIGURATION.read_text(encoding="utf-8") == configuration_doc(), (
+        "docs/configuration.md is stale: run `rstream config --markdown > "
+        "docs/configuration.md`")
 
 
 def test_markdown_table_has_a_row_per_setting_with_its_default() -> None:

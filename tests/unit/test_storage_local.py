@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import AccessDeniedError, PermanentError
-from shared.storage import Storage, join
-from tests.conftest import make_settings
+from rstream.shared.errors import AccessDeniedError, PermanentError
+from rstream.shared.storage import Storage, join
+from tests.settings import make_settings
 
 
 @pytest.fixture

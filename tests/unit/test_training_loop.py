@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from shared.finetune_config import TrainConfig
-from worker.finetune import dataset
-from worker.finetune.loop import Stepper, prepare, train_epoch
-from worker.finetune.optimizer import make_optimizer, make_schedule, rate_factor
-from worker.models import build
-from worker.preprocess import Preprocessing
+from rstream.shared.training.config import TrainConfig
+from rstream.worker.finetune import dataset
+from rstream.worker.finetune.loop import Stepper, prepare, train_epoch
+from rstream.worker.finetune.optimizer import make_optimizer, make_schedule, rate_factor
+from rstream.worker.model.loader import build
+from rstream.worker.model.preprocess import Preprocessing
 
 SPEC = Preprocessing(resize=4, crop=4)
 PLAIN = {"lr_fc": 1.0, "momentum": 0.0, "weight_decay": 0.0, "label_smoothing": 0.0,

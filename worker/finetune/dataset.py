@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.transforms import v2
 
-from shared.errors import ConfigError, PermanentError
-from shared.storage import Storage, join
-from worker.preprocess import Preprocessing, decode_image, open_image
+from rstream.shared.errors import ConfigError, PermanentError
+from rstream.shared.storage import Storage, join
+from rstream.worker.model.preprocess import Preprocessing, decode_image, open_image
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.predict import autocast_dtype
-from worker.preprocess import Preprocessing, normalize
+from rstream.worker.model.predict import autocast_dtype
+from rstream.worker.model.preprocess import Preprocessing, normalize
 
 
 def training_dtype(device: torch.device, precision: str) -> torch.dtype | None:

@@ -1,8 +1,8 @@
 """The training loop: freezing per mode, epochs with AMP, clipping and out-of-memory splits.
 
-Plain functions on a module and data loaders; :mod:`worker.finetune.run` runs them for a model
-in the registry and decides what to publish. The optimizer and its schedule are in
-:mod:`worker.finetune.optimizer`.
+Plain functions on a module and data loaders; :mod:`rstream.worker.finetune.run` runs them for a
+model in the registry and decides what to publish. The optimizer and its schedule are in
+:mod:`rstream.worker.finetune.optimizer`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import ConfigError, ImageError
-from shared.finetune_config import TrainConfig
-from worker.finetune.evaluation import autocast, batches, evaluate, training_dtype
-from worker.finetune.optimizer import make_schedule
-from worker.preprocess import Preprocessing
+from rstream.shared.errors import ConfigError, ImageError
+from rstream.shared.training.config import TrainConfig
+from rstream.worker.finetune.evaluation import autocast, batches, evaluate, training_dtype
+from rstream.worker.finetune.optimizer import make_schedule
+from rstream.worker.model.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from shared.finetune_config import TrainConfig
+from rstream.shared.training.config import TrainConfig
 
 
 def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.SGD:

@@ -3,7 +3,7 @@
 :func:`run_finetune` is the whole run (the Celery task is a thin wrapper): list the labelled
 data, skip when production came from the very same data and training options (the run's
 fingerprint), split the data three ways by a hash of each URI, train (the loop, the modes and
-their optimizer groups are in :mod:`worker.finetune.loop`) choosing the best epoch on the
+their optimizer groups are in :mod:`rstream.worker.finetune.loop`) choosing the best epoch on the
 selection split, then score the candidate and production with the serving preprocessing on
 the gate's validation split, which neither training nor the choice of epoch has seen, publish,
 and promote only when the candidate is better than production minus ``promote_tolerance``
@@ -21,18 +21,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.errors import ModelError, PreconditionFailed
-from shared.finetune_config import TrainConfig
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
-from worker.device import resolve_device
-from worker.finetune import dataset
-from worker.finetune.evaluation import evaluate, training_dtype
-from worker.finetune.loop import Progress, prepare, train
-from worker.finetune.optimizer import make_optimizer
-from worker.models import LoadedModel, load_model, load_version, save_model
-from worker.preprocess import Preprocessing
+from rstream.shared.errors import ModelError, PreconditionFailed
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.config import TrainConfig
+from rstream.worker.finetune import dataset
+from rstream.worker.finetune.evaluation import evaluate, training_dtype
+from rstream.worker.finetune.loop import Progress, prepare, train
+from rstream.worker.finetune.optimizer import make_optimizer
+from rstream.worker.model.device import resolve_device
+from rstream.worker.model.loader import LoadedModel, load_model, load_version, save_model
+from rstream.worker.model.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 

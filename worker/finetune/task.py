@@ -1,7 +1,7 @@
 """One scheduled or manual fine-tune: take the lock, train, record progress and the outcome.
 
-The training itself is :func:`worker.finetune.run.run_finetune`; this module adds what running it
-as a service needs: single flight per model name (a Redis lock that expires without a
+The training itself is :func:`rstream.worker.finetune.run.run_finetune`; this module adds what
+running it as a service needs: single flight per model name (a Redis lock that expires without a
 heartbeat), progress that ``rstream train --wait`` can follow, and a recorded outcome.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import redis
 
-from shared.finetune_config import TrainConfig, check_overrides
-from shared.finetune_runs import TrainingLock, TrainRuns
-from shared.registry import Registry
-from shared.settings import Settings
-from shared.storage import Storage
+from rstream.shared.registry import Registry
+from rstream.shared.settings import Settings
+from rstream.shared.storage import Storage
+from rstream.shared.training.config import TrainConfig, check_overrides
+from rstream.shared.training.runs import TrainingLock, TrainRuns
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
 
     ``data`` replaces RSTREAM_TRAIN_DATA for this run (``rstream train --data``).
     """
-    from worker.finetune.run import run_finetune  # torch: only in the trainer
+    from rstream.worker.finetune.run import run_finetune  # torch: only in the trainer
 
     name = name or settings.train_model
     client = redis.Redis.from_url(settings.redis_url)

@@ -1,0 +1,121 @@
+"""Task message schemas: plain JSON objects, validated on both ends.
+
+A worker trusts nothing in a message: every field is checked again here (types, ranges,
+identifiers matched whole), and the chunk is then checked against its job record (see
+``worker/serving/chunks.py``) before anything runs. What fails is an :class:`InvalidMessage`, which
+the worker dead-letters instead of running or requeueing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rstream.shared import modelref
+from rstream.shared.errors import ConfigError, InvalidMessage, RstreamError
+from rstream.shared.names import JOB_ID
+
+MAX_URIS = 10_000  # RSTREAM_CHUNK_SIZE's upper bound
+MAX_URI_LENGTH = 4096
+MAX_CHUNK = 10_000_000
+MAX_GENERATION = 10_000
+_FIELDS = frozenset({"job", "chunk", "uris", "model", "results", "generation"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TASK_ID_RE = re.compile(r"(?P<job>[^:]+):(?P<chunk>[0-9]{1,8}):(?P<generation>[0-9]{1,5})")
+
+
+def task_id(job: str, chunk: int, generation: int) -> str:
+    """The task id of a chunk: deterministic, so the same chunk sent twice is the same task."""
+    return f"{job}:{chunk}:{generation}"
+
+
+@dataclass(frozen=True)
+class ChunkMessage:
+    """One chunk of a job: what the infer task receives.
+
+    ``generation`` is 0 for the first submission and n for the n-th ``rstream retry``; a retry
+    chunk carries only the URIs that failed and replaces their lines in the existing part.
+    """
+
+    job: str
+    chunk: int
+    uris: list[str]
+    model: str
+    results: str
+    generation: int = 0
+
+    @property
+    def task_id(self) -> str:
+        """See :func:`task_id`."""
+        return task_id(self.job, self.chunk, self.generation)
+
+    @staticmethod
+    def parse_task_id(task_id: object) -> tuple[str, int, int] | None:
+        """(job, chunk, generation) of a :attr:`task_id`; None for anything else."""
+        match = _TASK_ID_RE.fullmatch(task_id) if isinstance(task_id, str) else None
+        if match is None or not JOB_ID.matches(match["job"]):
+            return None
+        return match["job"], int(match["chunk"]), int(match["generation"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> ChunkMessage:
+        """The message, checked field by field; InvalidMessage naming the first problem."""
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"a chunk message is a JSON object, not {type(data).__name__}")
+        unknown = sorted(set(data) - _FIELDS)
+        missing = sorted(_FIELDS - {"generation"} - set(data))
+        if unknown or missing:
+            raise InvalidMessage(f"chunk message fields: missing {missing}, unknown {unknown}")
+        try:
+            message = cls(job=JOB_ID.check(_text(data["job"], "job")),
+                          chunk=_integer(data["chunk"], "chunk", MAX_CHUNK),
+                          uris=_uris(data["uris"]),
+                          model=_model(data["model"]),
+                          results=_text(data["results"], "results"),
+                          generation=_integer(data.get("generation", 0), "generation",
+                                              MAX_GENERATION))
+        except InvalidMessage:
+            raise
+        except (ConfigError, RstreamError) as exc:
+            raise InvalidMessage(f"chunk message: {exc}") from None
+        return message
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value or _CONTROL.search(value):
+        raise InvalidMessage(f"chunk message field {name} is not a plain non-empty string")
+    return value
+
+
+def _model(value: object) -> str:
+    text = _text(value, "model")
+    modelref.parse(text)  # ModelError with the reason
+    return text
+
+
+def _integer(value: object, name: str, high: int) -> int:
+    # bool is an int in Python; JSON's true is not a chunk number
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise InvalidMessage(f"chunk message field {name} is not an integer from 0 to {high}")
+    return value
+
+
+def _uris(value: object) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_URIS:
+        raise InvalidMessage(f"chunk message field uris is not a list of 1 to {MAX_URIS} URIs")
+    for uri in value:
+        if not is_uri(uri):
+            raise InvalidMessage(f"chunk message field uris holds a value that is not a URI: "
+                                 f"{str(uri)[:80]!r}")
+    return list(value)
+
+
+def is_uri(value: object) -> bool:
+    """Whether ``value`` may travel as a URI in a chunk message (the watcher checks what a
+    stream entry brings with this same rule before it records it)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_URI_LENGTH
+            and "\x00" not in value and "\n" not in value)
