@@ -342,7 +342,16 @@ def test_worker_metrics_name_the_model_and_each_failure_reason(
     prefix = f"metrics-{uuid.uuid4().hex[:6]}/"
     uris = write_dataset(client.storage, prefix, good=22)  # 32 images: 2 chunks of 16
     job = run_job(client, prefix, model)
-    after = scrape(f"{url}/metrics")
+    # A task counts its chunk when it returns, just after the job record says done: the last
+    # chunk's numbers may land a moment after `wait` returns.
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(f"{url}/metrics")
+        done = sample(after, "rstream_chunks_total", model=model, outcome="done", reason="") - \
+            sample(before, "rstream_chunks_total", model=model, outcome="done", reason="")
+        if done >= len(uris) // 16 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)

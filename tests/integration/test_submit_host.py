@@ -60,16 +60,16 @@ def _pip(venv: Path, *args: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def submit_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv with ``pip install <this checkout>``: the core dependencies only."""
+def submit_venv(wheel: Path) -> Path:
+    """A venv with ``pip install <this checkout's wheel>``: the core dependencies only."""
     venv = _venv_dir()
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-        _pip(venv, str(REPO))
+        _pip(venv, str(wheel))
         (venv / ".complete").touch()
     else:  # the dependencies are there; put this checkout's code in (not editable)
-        _pip(venv, "--no-deps", "--force-reinstall", str(REPO))
+        _pip(venv, "--no-deps", "--force-reinstall", str(wheel))
     return venv
 
 

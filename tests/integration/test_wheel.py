@@ -1,4 +1,5 @@
-"""The wheel installs one name: built from this checkout and installed into a fresh venv
+"""The wheel installs one name: built from this checkout (the ``wheel`` fixture of
+tests/integration/conftest.py) and installed into a fresh venv
 outside it, it provides ``rstream`` and nothing else at the top of site-packages; the
 worker's Celery app imports as ``rstream.worker.app``, while ``shared``, ``worker`` and
 ``producer`` do not import at all.
@@ -19,10 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import REPO, in_ci, service_unavailable
-
-BUILD_TIMEOUT_S = 600
-
 
 def _run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
@@ -31,18 +28,7 @@ def _run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedPro
                           timeout=timeout, check=False)
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    built = _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
-                 str(REPO), cwd=out, timeout=BUILD_TIMEOUT_S)
-    if built.returncode != 0:
-        message = f"pip wheel failed: {built.stderr[-2000:]}"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        service_unavailable(message)
-    (found,) = out.glob("rstream-*.whl")
-    return found
+
 
 
 @pytest.fixture(scope="module")
