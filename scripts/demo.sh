@@ -51,13 +51,17 @@ wait_ready() {  # wait_ready LOG PID
     echo "no worker became ready; see $1" >&2; exit 1
 }
 
+shown() {  # a path as printed: relative to here when it is under here (no machine paths)
+    case "$1" in "$PWD"/*) echo "./${1#"$PWD"/}" ;; *) echo "$1" ;; esac
+}
+
 stamp=$(date +%Y%m%d-%H%M%S)
 if [ -n "$quick" ]; then
     export RSTREAM_MODEL="${RSTREAM_MODEL:-random:resnet18}"
     start_worker "$RSTREAM_STORAGE_ROOT/demo-worker.log" --concurrency 2
     prefix="demo/images-$stamp/"
     rstream samples "$prefix" --count "$count"
-    echo "worker log: $RSTREAM_STORAGE_ROOT/demo-worker.log"
+    echo "worker log: $(shown "$RSTREAM_STORAGE_ROOT/demo-worker.log")"
     wait_ready "$RSTREAM_STORAGE_ROOT/demo-worker.log" "${pids[0]}"
     job=$(rstream submit "$prefix")
     echo "submitted job $job (model $RSTREAM_MODEL)"
@@ -65,7 +69,7 @@ if [ -n "$quick" ]; then
     rstream status "$job"
     echo "first result lines:"
     rstream results "$job" | head -n 3
-    echo "manifest: $RSTREAM_STORAGE_ROOT/results/$job/manifest.json"
+    echo "manifest: $(shown "$RSTREAM_STORAGE_ROOT/results/$job/manifest.json")"
     exit 0
 fi
 
@@ -73,14 +77,14 @@ data="demo/digits-$stamp"
 rstream samples "$data" --digits
 start_worker "$RSTREAM_STORAGE_ROOT/demo-trainer.log" --train
 start_worker "$RSTREAM_STORAGE_ROOT/demo-worker.log" --concurrency 2
-echo "worker logs: $RSTREAM_STORAGE_ROOT/demo-trainer.log, demo-worker.log"
+echo "worker logs: $(shown "$RSTREAM_STORAGE_ROOT/demo-trainer.log"), demo-worker.log"
 wait_ready "$RSTREAM_STORAGE_ROOT/demo-trainer.log" "${pids[0]}"
 
 echo "fine-tuning digits from a random init on $data/train/ (rstream train --preset digits)"
 outcome="$RSTREAM_STORAGE_ROOT/demo-train.json"
 if ! rstream train --name digits --data "$data/train" --start random:resnet18:classes=10 \
         --preset digits --wait >"$outcome"; then
-    cat "$outcome"; echo "the fine-tune failed; see $RSTREAM_STORAGE_ROOT/demo-trainer.log" >&2
+    cat "$outcome"; echo "the fine-tune failed; see $(shown "$RSTREAM_STORAGE_ROOT/demo-trainer.log")" >&2
     exit 1
 fi
 tail -n +2 "$outcome" | python scripts/demo_report.py training
@@ -91,4 +95,4 @@ job=$(rstream submit "$data/heldout/" --model digits)
 echo "submitted job $job: the held-out digits, model digits (its production version)"
 rstream wait "$job"
 rstream results "$job" | python scripts/demo_report.py accuracy
-echo "result lines: $RSTREAM_STORAGE_ROOT/results/$job/"
+echo "result lines: $(shown "$RSTREAM_STORAGE_ROOT/results/$job")/"

@@ -26,7 +26,10 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
     "$venv/bin/python" -m pip install -q -e "$spec" >&2
     touch "$venv/.complete"
 else
-    # The venv is reused; point the editable install at this checkout.
-    "$venv/bin/python" -m pip install -q --no-deps -e "$spec" >&2
+    # The venv is reused; point the editable install at this checkout (its output only if it
+    # fails: setuptools warns about every editable install).
+    if ! out=$("$venv/bin/python" -m pip install -q --no-deps -e "$spec" 2>&1); then
+        echo "$out" >&2; exit 1
+    fi
 fi
 echo "$venv"
