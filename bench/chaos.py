@@ -37,7 +37,7 @@ from rstream.producer import monitor
 from rstream.producer.client import Client
 from rstream.producer.submit import resume, submit
 from rstream.shared.jobs.manifest import manifest_uri
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.worker.samples import variants

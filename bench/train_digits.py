@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.training.config import TrainConfig, check_overrides, preset

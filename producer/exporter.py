@@ -27,8 +27,9 @@ from redis.retry import Retry
 from rstream.shared.connections import check_redis
 from rstream.shared.endpoints import EndpointServer, metrics_route, probe_route
 from rstream.shared.errors import ConfigError
+from rstream.shared.masking import mask_url
 from rstream.shared.queue.metrics import QueueCollector
-from rstream.shared.settings import Settings, mask_url
+from rstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -18,15 +18,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rstream.producer.client import Client
-from rstream.shared import modelref, sources
+from rstream.shared import sources
 from rstream.shared.errors import ConfigError
 from rstream.shared.jobs.finish import finish
 from rstream.shared.jobs.inputs import InputRecord, segment_size
 from rstream.shared.jobs.resend import resend_unfinished
 from rstream.shared.jobs.results import failed_uris
 from rstream.shared.jobs.store import CANCELLED, Job, new_job_id
+from rstream.shared.models import refs
+from rstream.shared.models.registry import Registry
 from rstream.shared.names import JOB_ID
-from rstream.shared.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.sources import Source, chunked
 
@@ -69,16 +70,30 @@ def submit_counted(source: str | Iterable[str] | Source, job: str | None = None,
                    settings: Settings | None = None, max_pending: int | None = None,
                    client: Client | None = None, progress: Progress | None = None) -> Sent:
     """:func:`submit`, returning what was sent."""
+    return prepare(source, job, model, chunk_size, settings=settings, max_pending=max_pending,
+                   client=client, progress=progress).run()
+
+
+def prepare(source: str | Iterable[str] | Source, job: str | None = None,
+            model: str | None = None, chunk_size: int | None = None, *,
+            settings: Settings | None = None, max_pending: int | None = None,
+            client: Client | None = None, progress: Progress | None = None,
+            local_files: bool = True, hints: bool = True) -> Submission:
+    """A submission with its model, output, job id and source checked, nothing recorded yet:
+    :meth:`Submission.run` does the rest (or :meth:`~Submission.open`, then
+    :meth:`~Submission.send`, for a server that answers in between). ``local_files=False``
+    (the HTTP API) reads list files from storage only; ``hints=False`` names no folder nearby
+    in its errors."""
     settings = settings or (client.settings if client else Settings.from_env())
     client = client or Client(settings)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
     job = JOB_ID.check(job or new_job_id())
-    resolved = source if isinstance(source, Source) else sources.resolve(source, client.storage)
+    resolved = source if isinstance(source, Source) else sources.resolve(
+        source, client.storage, local_files=local_files, hints=hints)
     limit = settings.max_pending_chunks if max_pending is None else max_pending
-    run = _Submission(client, job, resolved, model=model, results=settings.results,
+    return Submission(client, job, resolved, model=model, results=settings.results,
                       size=chunk_size or settings.chunk_size, limit=limit, progress=progress)
-    return run.run()
 
 
 def check_model(model: str, client: Client) -> str:
@@ -87,7 +102,7 @@ def check_model(model: str, client: Client) -> str:
 
     Whether torchvision's weights file is cached can only be known on a worker.
     """
-    ref = modelref.parse(model)
+    ref = refs.parse(model)
     if ref.kind == "registry":
         registry = Registry(client.storage, client.settings.models)
         if ref.version:
@@ -97,8 +112,8 @@ def check_model(model: str, client: Client) -> str:
     return model.strip()
 
 
-class _Submission:
-    """One call of :func:`submit`: record, send, and end the submission."""
+class Submission:
+    """One submission of a job: open its record, send its chunks, end the submission."""
 
     def __init__(self, client: Client, job: str, source: Source, *, model: str,
                  results: str, size: int, limit: int, progress: Progress | None) -> None:
@@ -108,12 +123,36 @@ class _Submission:
         self.inputs = InputRecord(client.storage, results, job)
         self.sent = Sent(job)
         self.record = Job(job)  # the record, once created or resumed
+        self.created = False
+        self.keep_record = False  # a server keeps a record it answered for, even if empty
+        self._fresh: Iterable[str] | None = None
 
     def run(self) -> Sent:
+        self.open()
+        return self.send()
+
+    def open(self, *, resume: bool = True) -> bool:
+        """Check a new job's source (its first URIs) and create the record in one atomic
+        step, or resume the record of the same submission (JobConflict for another one);
+        True when this call created it. ``resume=False`` leaves an existing job as it is."""
         fresh = None if self.jobs.exists(self.job) else self._first_uris()
-        created = self.jobs.create_or_resume(self.job, model=self.model, results=self.results,
-                                             source=self.source.location, chunk_size=self.size)
-        fresh = fresh if created else None  # another submission created it meanwhile
+        model, results, source = self.model, self.results, self.source.location
+        if resume:
+            self.created = self.jobs.create_or_resume(self.job, model=model, results=results,
+                                                      source=source, chunk_size=self.size)
+        else:
+            self.created = fresh is not None and self.jobs.create(
+                self.job, model=model, results=results, source=source, chunk_size=self.size)
+            if not self.created:
+                self.jobs.check_same(self.job, model=model, results=results, source=source,
+                                     chunk_size=self.size)
+        self._fresh = fresh if self.created else None  # another one created it meanwhile
+        return self.created
+
+    def send(self) -> Sent:
+        """Send what :meth:`open` opened: the recorded chunks that are not done (a resumed
+        job), then list the rest of the source, record it and send it; end the submission."""
+        created, fresh = self.created, self._fresh
         record = self.record = self.jobs.get(self.job)
         self.sent.resumed = not created
         try:
@@ -154,7 +193,7 @@ class _Submission:
         return "the list" if self.source.kind == "list" else self.source.location
 
     def _stopped(self, created: bool, exc: BaseException) -> None:
-        if created and self.sent.listed_images == 0:
+        if created and self.sent.listed_images == 0 and not self.keep_record:
             self.jobs.delete(self.job)  # nothing was recorded: leave no job behind
             self.inputs.delete()
             return
@@ -248,6 +287,12 @@ def resume(job: str, *, client: Client, progress: Progress | None = None) -> Sen
     crash; chunks that stalled on a storage error now fixed) or whose submission was cut
     short. The job's own source, model, output and chunk size are used.
     """
+    return prepare_resume(job, client=client, progress=progress).run()
+
+
+def prepare_resume(job: str, *, client: Client, progress: Progress | None = None,
+                   local_files: bool = True) -> Submission:
+    """:func:`resume` with its checks done (the job, its source), nothing sent yet."""
     record = client.jobs.get(job)
     if record.watch:
         if not record.listing_done:
@@ -255,15 +300,15 @@ def resume(job: str, *, client: Client, progress: Progress | None = None) -> Sen
                               "watcher sends its chunks and closes it when the window is "
                               "over (`rstream status` lists the watches); resume it after that")
         source = Source("list", record.source, ())  # its input record is complete
-    elif record.source == sources.LIST:
+    elif sources.is_list(record.source):
         if not record.listing_done:
             raise ConfigError(f"job {job} was submitted as a list of URIs and its submission "
                               "stopped before the end: call submit() with the same list and "
                               "job id to continue it")
-        source = Source("list", sources.LIST, ())
+        source = Source("list", record.source, ())
     else:
-        source = sources.resolve(record.source, client.storage)
-    return submit_counted(source, job=job, model=record.model, chunk_size=record.chunk_size,
-                          settings=dataclasses.replace(client.settings, results=record.results),
-                          client=client, progress=progress)
+        source = sources.resolve(record.source, client.storage, local_files=local_files)
+    return prepare(source, job=job, model=record.model, chunk_size=record.chunk_size,
+                   settings=dataclasses.replace(client.settings, results=record.results),
+                   client=client, progress=progress)
 

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from rstream.producer.client import Client
-from rstream.shared import modelref
 from rstream.shared.constants import FINETUNE_TASK, TRAIN_QUEUE
 from rstream.shared.errors import NotFoundError
+from rstream.shared.models import refs
+from rstream.shared.models.registry import Registry
 from rstream.shared.names import MODEL_NAME
-from rstream.shared.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.training.config import TrainConfig, check_overrides, preset
 from rstream.shared.training.runs import TrainRuns
@@ -38,7 +38,7 @@ def checked_options(settings: Settings, *, name: str | None = None, mode: str | 
     if name:
         MODEL_NAME.check(name)
     if start:
-        modelref.parse(start)
+        refs.parse(start)
     if data:
         dataclasses.replace(settings, train_data=data)  # the setting's own checks
     options = {"name": name, "mode": mode, "epochs": epochs, "start": start,

@@ -2,7 +2,7 @@
 
 Storage layouts live with their owners: result parts in :mod:`rstream.shared.jobs.results`, the
 manifest in :mod:`rstream.shared.jobs.manifest`, the model registry in
-:mod:`rstream.shared.registry`.
+:mod:`rstream.shared.models.registry`.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ class InvalidMessage(PermanentError):
     this reason, never run and never requeued."""
 
 
+class InvalidURI(PermanentError):
+    """Raised for a URI that cannot name an object (empty, too long, a newline, NUL or other
+    control character in it): its image gets this error line, the rest of its chunk goes on."""
+
+
 class ObjectTooLarge(PermanentError):
     """Raised when an object is larger than RSTREAM_MAX_OBJECT_BYTES; refused before it is read."""
 
@@ -61,7 +66,7 @@ class JobFailed(PermanentError):
 
 class JobConflict(PermanentError):
     """Raised when a job id is submitted again with another source, model, output or chunk
-    size than the job has, or retried while it still runs."""
+    size than the job has, or retried or cancelled when its state does not allow it."""
 
 
 class WatchLockLost(PermanentError):

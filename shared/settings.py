@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from rstream.shared import modelref
+from redis.connection import parse_url
+
 from rstream.shared.errors import ConfigError, RstreamError
+from rstream.shared.masking import mask_url
+from rstream.shared.models import refs
 from rstream.shared.names import MODEL_NAME
 
 ENV_PREFIX = "RSTREAM_"
@@ -102,7 +105,7 @@ def _model(raw: str) -> str:
     value = raw.strip()
     if value:  # empty: no default model
         try:
-            modelref.parse(value)
+            refs.parse(value)
         except RstreamError as exc:
             raise ValueError(str(exc)) from None
     return value
@@ -112,6 +115,11 @@ def _redis_url(raw: str) -> str:
     value = raw.strip()
     if urlparse(value).scheme not in ("redis", "rediss", "unix"):
         raise ValueError("not a redis://, rediss:// or unix:// URL")
+    try:
+        parse_url(value)  # what redis-py will make of it, now rather than at the first call
+    except ValueError:  # its message may quote the password
+        raise ValueError("redis-py cannot read it (percent-encode @ : / in a password, "
+                         "e.g. %40 for @)") from None
     return value
 
 
@@ -272,6 +280,10 @@ class Settings:
         "use an integer from 1 to 256")
     task_time_limit: int = _setting(
         900, "Hard time limit of one chunk task in seconds.", _int(10), "use an integer >= 10")
+    drain_seconds: float = _setting(
+        30.0, "Seconds a worker told to stop (SIGTERM) lets its running chunks finish before it "
+        "cuts them and hands them back; keep the pod's terminationGracePeriodSeconds above it.",
+        _float(0.0), "use a number of seconds >= 0")
     visibility_timeout: int = _setting(
         3600, "Seconds before Redis redelivers an unacknowledged task; must exceed the time limit.",
         _int(1), "use an integer > RSTREAM_TASK_TIME_LIMIT")
@@ -388,14 +400,10 @@ class Settings:
         """:meth:`as_env` with passwords masked: what ``rstream config`` and logs print."""
         shown = self.as_env()
         shown[env_name("redis_url")] = mask_url(self.redis_url)
+        shown[env_name("s3_endpoint_url")] = mask_url(self.s3_endpoint_url)
         if self.api_tokens:
             shown[env_name("api_tokens")] = "****"
         return shown
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``****``, for output and logs."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1****@", url)
 
 
 def env_name(field_name: str) -> str:
@@ -413,8 +421,8 @@ def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
     try:
         return f.metadata["parse"](raw)
     except ValueError as exc:
-        shown = mask_url(raw) if f.name == "redis_url" else "****" if f.name == "api_tokens" \
-            else raw
+        shown = mask_url(raw) if f.name in ("redis_url", "s3_endpoint_url") else \
+            "****" if f.name == "api_tokens" else raw
         raise ConfigError(f"{name}={shown!r} is invalid ({exc}): {f.metadata['fix']}") from None
 
 

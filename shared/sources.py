@@ -18,17 +18,19 @@ allowed, and a list file that cannot be read are refused with the reason. Used b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
 from rstream.shared.errors import ConfigError, NotFoundError, PermanentError
 from rstream.shared.storage import Storage
+from rstream.shared.uris import carried
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".list", ".manifest")
-LIST = "<list>"  # the recorded source of a job submitted as a Python list
+LIST = "<list>"  # the recorded source of a job submitted as a list of URIs, with its digest
 
 
 @dataclass(frozen=True)
@@ -52,22 +54,25 @@ class Source:
         """The URIs, lazily, in a stable order. A folder continues after ``start_after`` (its
         listing is in key order); a list skips its first ``skip`` entries."""
         if self.kind == "folder":
-            return storage.list(self.location, start_after=start_after or None)
+            listed = storage.list(self.location, start_after=start_after or None)
+            return (_carried(uri, self.location) for uri in listed)
         if self.kind == "list":
             assert self.items is not None
-            return islice((str(u) for u in self.items), skip, None)
+            return islice((_carried(str(u), f"item {n}") for n, u in enumerate(self.items)),
+                          skip, None)
         lines = (_local_lines(self.location) if self.kind == "file"
                  else storage.read_lines(self.location))
         return islice(_manifest_lines(lines, self.location), skip, None)
 
 
 def resolve(source: str | Iterable[str], storage: Storage, *,
-            local_files: bool = True) -> Source:
+            local_files: bool = True, hints: bool = True) -> Source:
     """``source`` resolved and checked; ConfigError, NotFoundError or AccessDeniedError with
     the reason and the fix when it cannot be scored. ``local_files=False`` (the HTTP API)
-    takes list files from storage only, never from this machine's own file system."""
+    takes list files from storage only, never from this machine's own file system;
+    ``hints=False`` leaves out the names of folders nearby (a caller who may not read)."""
     if not isinstance(source, str):
-        return Source("list", LIST, source)
+        return list_source(source)
     text = source.strip()
     if not text:
         raise ConfigError("no source given: name a folder, s3://bucket/prefix/ or a list file")
@@ -75,8 +80,8 @@ def resolve(source: str | Iterable[str], storage: Storage, *,
         if local_files and os.path.isfile(text):
             return Source("file", os.path.abspath(text))
         if not storage.exists(text):
-            raise NotFoundError(f"{text}: no such list file (here or under the storage root "
-                                f"{storage.local.root})")
+            raise NotFoundError(f"{text}: no such list file (here or under the storage "
+                                "root, RSTREAM_STORAGE_ROOT)")
         return Source("stored-list", text)
     if text.startswith("s3://"):
         return Source("folder", text if text.endswith("/") else text + "/")
@@ -89,8 +94,34 @@ def resolve(source: str | Iterable[str], storage: Storage, *,
                 f"put their URIs in a list file ({', '.join(MANIFEST_SUFFIXES)})")
         if not path.is_dir():
             raise NotFoundError(f"{text}: no such folder under the storage root "
-                                f"{storage.local.root}{_near(path)}")
+                                f"(RSTREAM_STORAGE_ROOT){_near(path) if hints else ''}")
     return Source("folder", text.rstrip("/") + "/" if text.rstrip("/") else "")
+
+
+def list_source(items: Iterable[str]) -> Source:
+    """A source of inline URIs. A list or tuple (and the HTTP API's inline list) is recorded
+    as ``<list> sha256:DIGEST`` of its URIs in their order, so that the same job id with
+    another list is another submission (refused), not this one resumed. A one-shot iterable
+    (a generator) is streamed as it comes, recorded as ``<list>``: it cannot be compared."""
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        return Source("list", LIST, items)
+    digest = hashlib.sha256()
+    for uri in items:
+        digest.update(str(uri).encode("utf-8", "surrogateescape") + b"\n")
+    return Source("list", f"{LIST} sha256:{digest.hexdigest()[:32]}", items)
+
+
+def is_list(location: str) -> bool:
+    """Whether a job's recorded source is a list of inline URIs (:func:`list_source`)."""
+    return location == LIST or location.startswith(LIST + " ")
+
+
+def same_location(recorded: str, given: str) -> bool:
+    """Whether a submission of ``given`` is the one recorded as ``recorded``: the same text;
+    for inline lists, the same digest when both have one (a streamed list has none)."""
+    if is_list(recorded) and is_list(given):
+        return LIST in (recorded, given) or recorded == given
+    return recorded == given
 
 
 def _near(path: os.PathLike[str]) -> str:
@@ -127,7 +158,16 @@ def _manifest_lines(lines: Iterable[str], source: str) -> Iterator[str]:
             if not isinstance(uri, str) or not uri.strip():
                 raise PermanentError(f"{source}:{number}: \"uri\" is not a non-empty string")
             line = uri.strip()
-        yield line
+        yield _carried(line, f"{source}:{number}")
+
+
+def _carried(uri: str, where: str) -> str:
+    """``uri`` as a chunk carries it (``shared/uris.py``); ConfigError naming where it came
+    from when it is too long to carry at all."""
+    try:
+        return carried(uri)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: a URI {exc}: no object has a name that long") from None
 
 
 def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -320,7 +320,7 @@ def publish_random_model(settings: Settings, name: str = "tiny", *, seed: int = 
     The 64 px input keeps the forward pass cheap where the pipeline, not the model, is under
     test; pass ``resize=256, crop=224`` for the real workload.
     """
-    from rstream.shared.registry import Registry
+    from rstream.shared.models.registry import Registry
     from rstream.shared.storage import Storage
     from rstream.worker.model.loader import load_model, save_model
     from rstream.worker.model.preprocess import Preprocessing

@@ -44,8 +44,8 @@ def local_target(style: str, tmp_path: Path) -> Target:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
 
-    def where(name: str) -> str:
-        return str(root / "data" / name)
+    def where(name: str) -> str:  # the key: messages name no path of this machine
+        return f"data/{name}"
 
     return Target("local", Storage(settings), base, bulk_put, where)
 

@@ -43,10 +43,27 @@ def _dead_letter(state: ProcessState, task: Task, reason: str, message: object,
                            headers={"task": task.name, "id": task.request.id})
     except REDIS_ERRORS:
         logger.exception("could not keep the refused message in the dead-letter list")
-    logger.error("chunk message %s refused and dead-lettered: %s", task.request.id, reason,
+    logger.error("chunk message %r refused and dead-lettered: %s", task.request.id, reason,
                  extra=log_fields(chunk) if chunk else {})
+    if chunk is None:
+        _stall_its_job(state, task.request.id, reason)
     metrics.count_chunk(chunk.model if chunk else "", "dead-lettered",
                         InvalidMessage.__name__)
+
+
+def _stall_its_job(state: ProcessState, task_id: object, reason: str) -> None:
+    """A chunk message that did not parse, whose task id names a chunk its job sent: the job
+    says why that chunk has no part (``rstream status``), instead of waiting for it forever."""
+    named = ChunkMessage.parse_task_id(task_id)
+    if named is None:
+        return
+    job, chunk, generation = named
+    try:
+        if state.jobs.was_sent(job, chunk, generation) and \
+                not state.jobs.is_done(job, chunk, generation):
+            state.jobs.record_failure(job, chunk, generation, f"InvalidMessage: {reason}")
+    except REDIS_ERRORS:
+        logger.exception("could not record on job %s why chunk %d was refused", job, chunk)
 
 
 def _count(chunk: ChunkMessage, outcome: Outcome, seconds: float) -> None:

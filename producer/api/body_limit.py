@@ -1,4 +1,8 @@
-"""The request body limit of the HTTP API (``RSTREAM_API_MAX_BODY_BYTES``)."""
+"""The request body limit of the HTTP API (``RSTREAM_API_MAX_BODY_BYTES``).
+
+A body is read whole here, before the app sees it (it is small: a megabyte by default), so a
+body over the limit gets the API's own 413 whether it declares its length or comes in chunks.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 
 class BodyLimit:
-    """Refuse request bodies above ``limit`` bytes with 413, before they are read whole."""
+    """Refuse request bodies above ``limit`` bytes with 413, before the app runs."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
         self.app, self.limit = app, limit
@@ -21,20 +25,21 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._too_large(send)
             return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
+        messages, seen = [], 0
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
-            return message
+                await self._too_large(send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(send)
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _too_large(self, send: Any) -> None:
         payload = json.dumps({"error": {"type": "BodyTooLarge", "message": f"the request body "
@@ -43,7 +48,3 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
-
-
-class _TooLarge(Exception):
-    pass

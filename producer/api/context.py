@@ -3,22 +3,25 @@ thread pool for long submissions, and the error a route raises for an HTTP statu
 
 from __future__ import annotations
 
-import time
+import logging
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
+import redis
 from fastapi import Depends, Header
 
 from rstream.producer import monitor
 from rstream.producer.api.auth import Tokens
 from rstream.producer.client import Client
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 Scope = Literal["read", "submit", "admin"]
-RECORDED_WAIT_S = 10.0  # how long a POST waits for the job record to exist
+SUBMIT_THREADS = 32  # submissions listing and sending at once; more wait their turn
 
 
 class ApiError(Exception):
@@ -38,7 +41,7 @@ class ApiContext:
         self.settings, self.client = settings, client
         self.tokens = Tokens.from_settings(settings)
         self.registry = Registry(client.storage, settings.models)
-        self.pool = ThreadPoolExecutor(4, thread_name_prefix="rstream-api-submit")
+        self.pool = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="rstream-api-submit")
 
     def need(self, scope: Scope) -> Any:
         """A route dependency: the bearer token must grant ``scope``."""
@@ -65,13 +68,19 @@ class ApiContext:
                 "url": f"/v1/jobs/{job_id}", "results_url": f"/v1/jobs/{job_id}/results"}
 
     def in_background(self, job: str, work: Callable[[], Any]) -> None:
-        """Run a long submission in a thread; return once its first chunks are recorded (or
-        the work failed, which is then raised here)."""
-        future = self.pool.submit(work)
-        deadline = time.monotonic() + RECORDED_WAIT_S
-        while not future.done() and time.monotonic() < deadline:
-            if self.client.jobs.exists(job) and self.client.jobs.get(job).listed_images:
-                return
-            time.sleep(0.02)
-        if future.done():
-            future.result()  # raises what the submission raised
+        """Send a recorded job's chunks on a thread of the pool. What fails there is logged
+        and recorded on the job (a note and the failed state), so that nobody waits for it."""
+
+        def run() -> None:
+            try:
+                work()
+            except Exception as exc:
+                logger.exception("job %s: the submission stopped", job)
+                reason = f"the submission stopped: {type(exc).__name__}: {exc}"
+                try:
+                    self.client.jobs.submission_stopped(job, reason)
+                    self.client.jobs.fail(job, reason)
+                except redis.RedisError:
+                    logger.exception("job %s: could not record why its submission stopped", job)
+
+        self.pool.submit(run)

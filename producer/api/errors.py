@@ -9,6 +9,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rstream.producer.api.context import ApiError
 from rstream.shared.connections import redis_problem
@@ -51,6 +52,18 @@ def add_error_handlers(app: FastAPI) -> None:
         first = fields[0] if fields else {"field": "", "message": "invalid"}
         return body(422, "ValidationError", f"{first['field'] or 'body'}: {first['message']}",
                     fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own: an unknown route (404), a wrong method (405), a body that cannot
+        # be parsed at all (400: not UTF-8, nested too deep). The same shape as the rest.
+        kind = {400: "MalformedBody", 404: "NotFound", 405: "MethodNotAllowed"}.get(
+            exc.status_code, "HTTPError")
+        message = "the request body cannot be parsed (not UTF-8 JSON, or nested too deep)" \
+            if exc.status_code == 400 else str(exc.detail)
+        response = body(exc.status_code, kind, message)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:

@@ -14,20 +14,18 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from rstream.producer.api.context import ApiContext, ApiError
-from rstream.producer.submit import check_model, resume, retry, submit_counted
+from rstream.producer.submit import prepare, prepare_resume, retry
 from rstream.producer.watch.record import all_watches
-from rstream.shared import sources
-from rstream.shared.errors import JobConflict
 from rstream.shared.jobs.results import job_lines
-from rstream.shared.jobs.store import new_job_id
 from rstream.shared.names import JOB_ID
+from rstream.shared.uris import MAX_CARRIED
 
-Uri = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CARRIED)]
 
 
 class SubmitBody(BaseModel):
@@ -51,42 +49,35 @@ class SubmitBody(BaseModel):
         return self
 
 
-def add_routes(app: FastAPI, ctx: ApiContext) -> None:  # noqa: PLR0915 - one route per block
+def add_routes(app: FastAPI, ctx: ApiContext) -> None:
     client, settings = ctx.client, ctx.settings
     read, submit_scope = ctx.need("read"), ctx.need("submit")
 
     @app.post("/v1/jobs", status_code=202, tags=["jobs"], dependencies=[submit_scope])
-    def create_job(body: SubmitBody) -> JSONResponse:
-        """Submit a job; 202 with its id and URL once it is recorded (sending goes on)."""
-        model = check_model(body.model or settings.model, client)
-        client.storage.resolve(settings.results)
-        job = JOB_ID.check(body.job or new_job_id())
-        size = body.chunk_size or settings.chunk_size
-        if body.uris is not None:
-            if len(body.uris) > settings.api_max_uris:
-                raise ApiError(413, "TooManyUris", f"{len(body.uris)} inline URIs, above "
-                               f"RSTREAM_API_MAX_URIS={settings.api_max_uris}: put them in a "
-                               "list file in storage and submit that as the source")
-            source = sources.Source("list", sources.LIST, body.uris)
+    def create_job(body: SubmitBody,
+                   authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        """Submit a job; 202 with its id and URL once it is recorded (sending goes on). The
+        same id with the same arguments (an inline list: the same URIs) answers 200 with the
+        existing job, other arguments 409; of concurrent callers exactly one gets the 202."""
+        if body.uris is not None and len(body.uris) > settings.api_max_uris:
+            raise ApiError(413, "TooManyUris", f"{len(body.uris)} inline URIs, above "
+                           f"RSTREAM_API_MAX_URIS={settings.api_max_uris}: put them in a "
+                           "list file in storage and submit that as the source")
+        source = body.uris if body.uris is not None else body.source
+        assert source is not None
+        # "Did you mean photos/?" names folders: only for a caller who may read.
+        hints = "read" in ctx.tokens.scopes(authorization)
+        submission = prepare(source, body.job, body.model, body.chunk_size, client=client,
+                             local_files=False, hints=hints)
+        submission.keep_record = True
+        if not submission.open(resume=False):
+            return JSONResponse({**ctx.job_view(submission.job), "existing": True},
+                                status_code=200)
+        if submission.source.kind == "list":
+            submission.send()  # at most RSTREAM_API_MAX_URIS: sent before the answer
         else:
-            assert body.source is not None
-            source = sources.resolve(body.source, client.storage, local_files=False)
-        if client.jobs.exists(job):
-            if not client.jobs.get(job).same_submission(
-                    source=source.location, model=model, results=settings.results,
-                    chunk_size=size):
-                raise JobConflict(f"job {job} already exists with another source, model, "
-                                  "output or chunk size: choose another job id")
-            return JSONResponse({**ctx.job_view(job), "existing": True}, status_code=200)
-
-        def work() -> Any:
-            return submit_counted(source, job=job, model=model, chunk_size=size, client=client)
-
-        if source.kind == "list":
-            work()
-        else:
-            ctx.in_background(job, work)
-        return JSONResponse(ctx.job_view(job), status_code=202)
+            ctx.in_background(submission.job, submission.send)
+        return JSONResponse(ctx.job_view(submission.job), status_code=202)
 
     @app.get("/v1/jobs", tags=["jobs"], dependencies=[read])
     def list_jobs(limit: Annotated[int, Query(ge=1, le=500)] = 20,
@@ -147,9 +138,11 @@ def add_routes(app: FastAPI, ctx: ApiContext) -> None:  # noqa: PLR0915 - one ro
     @app.post("/v1/jobs/{job}/resume", status_code=202, tags=["jobs"],
               dependencies=[submit_scope])
     def resume_job(job: str) -> dict[str, Any]:
-        """Send again the recorded chunks that are not done; finish a stopped submission."""
-        client.jobs.get(JOB_ID.check(job))
-        ctx.pool.submit(resume, job, client=client)
+        """Send again the recorded chunks that are not done; finish a stopped submission.
+        Its source is checked before the answer (storage only, never this host's files)."""
+        submission = prepare_resume(JOB_ID.check(job), client=client, local_files=False)
+        submission.open()
+        ctx.in_background(job, submission.send)
         return ctx.job_view(job)
 
 

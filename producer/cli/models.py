@@ -15,8 +15,8 @@ from rstream.producer.cli.args import Commands, positive
 from rstream.producer.cli.worker import models_export_command, models_import_command
 from rstream.producer.client import Client
 from rstream.shared.errors import ConfigError
-from rstream.shared.modelref import ARCHS
-from rstream.shared.registry import Registry
+from rstream.shared.models.refs import ARCHS
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.training.config import MODES, PRESETS
 from rstream.shared.training.runs import TrainRuns

@@ -133,7 +133,7 @@ def models_export_command(args: argparse.Namespace, settings: Settings) -> int:
     import os
     import tempfile
 
-    from rstream.shared.registry import Registry
+    from rstream.shared.models.registry import Registry
     from rstream.shared.storage import Storage
     from rstream.worker.model.export import export
     from rstream.worker.model.loader import load_model
@@ -163,7 +163,7 @@ def models_import_command(args: argparse.Namespace, settings: Settings) -> int:
     require_worker_extra("models import")
     from pathlib import Path
 
-    from rstream.shared.registry import Registry
+    from rstream.shared.models.registry import Registry
     from rstream.shared.storage import Storage
     from rstream.worker.model.checkpoints import import_checkpoint
     from rstream.worker.model.preprocess import Preprocessing

@@ -29,8 +29,8 @@ import redis
 from rstream.producer.watch.lock import Stage
 from rstream.producer.watch.record import WatchRecord
 from rstream.shared.errors import PermanentError
-from rstream.shared.queue.messages import is_uri
 from rstream.shared.storage import Storage
+from rstream.shared.uris import can_travel
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,8 @@ class FolderFeed:
                     self._forget(gone)
                 continue
             uri = self.location + change.key
-            if not is_uri(uri):
-                logger.warning("watch %s: skipping %r: not a URI a chunk can carry",
+            if not can_travel(uri):  # too long even to carry; a refused one gets its line
+                logger.warning("watch %s: skipping %r: too long for a chunk message",
                                self.record.name, uri[:200])
                 continue
             old = member(change.key, change.before) if change.before is not None else None
@@ -183,8 +183,8 @@ class OrderedFeed:
                 raise PermanentError(f"the listing is not in key order ({previous!r} came "
                                      f"before {info.key!r}): this storage cannot be watched")
             previous = info.key
-            if not is_uri(info.key):
-                logger.warning("watch %s: skipping %r: not a URI a chunk can carry",
+            if not can_travel(info.key):
+                logger.warning("watch %s: skipping %r: too long for a chunk message",
                                self.record.name, info.key[:200])
                 continue
             recorder.add(Item(info.key, info.etag, seen_at,

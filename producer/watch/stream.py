@@ -23,8 +23,8 @@ from rstream.producer.watch.record import WatchRecord
 from rstream.shared.constants import INGEST_GROUP, INGEST_STREAM_KEY
 from rstream.shared.errors import PermanentError
 from rstream.shared.queue import deadletters
-from rstream.shared.queue.messages import is_uri
 from rstream.shared.storage import Storage
+from rstream.shared.uris import uri_problem
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +149,9 @@ def _parse(fields: dict[bytes, bytes] | None) -> tuple[str, str | None, str]:
         etag = raw_etag.decode() if raw_etag is not None else None
     except UnicodeDecodeError:
         return "", None, "uri or etag is not UTF-8 text"
-    if not is_uri(uri):
-        return "", None, f"uri {uri[:80]!r} is not a URI (empty, too long, or a control " \
-                         "character in it)"
+    problem = uri_problem(uri)
+    if problem:
+        return "", None, f"uri {uri[:80]!r} is not a URI: {problem}"
     return uri, etag, ""
 
 

@@ -85,3 +85,24 @@ redis.call('HSET', KEYS[1], 'last_error', ARGV[2], 'updated_at', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 0
 """
+
+# A retry reopens a finished job in one step: of concurrent retries one gets the new
+# generation; the others see it running. A cancelled job is not reopened (-2), nor one that
+# runs (-1); 0 when there is no such job.
+START_RETRY = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if status == 'running' then return -1 end
+if status == 'cancelled' then return -2 end
+local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'submitting', 1, 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'finished_at')
+return generation
+"""
+
+# Cancel only what runs, in one step: a job that finished meanwhile stays done.
+CANCEL = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1], 'updated_at', ARGV[1])
+return 1
+"""

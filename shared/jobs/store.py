@@ -46,6 +46,7 @@ from rstream.shared.errors import (
 from rstream.shared.jobs import scripts
 from rstream.shared.lua import LuaScript
 from rstream.shared.names import JOB_ID
+from rstream.shared.sources import same_location
 
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
 
@@ -115,8 +116,8 @@ class Job:
                         chunk_size: int) -> bool:
         """Whether a submission with these arguments is the one that made this job (so it
         resumes the job), not another one under the same id (refused)."""
-        return (self.source, self.model, self.results, self.chunk_size) == (
-            source, model, results, chunk_size)
+        return same_location(self.source, source) and (
+            self.model, self.results, self.chunk_size) == (model, results, chunk_size)
 
     @property
     def processed(self) -> int:
@@ -148,17 +149,21 @@ class JobStore:
         self._end_submit = LuaScript(client, scripts.END_SUBMIT)
         self._record_failure = LuaScript(client, scripts.RECORD_FAILURE)
         self._fail = LuaScript(client, scripts.FAIL)
+        self._cancel = LuaScript(client, scripts.CANCEL)
+        self._start_retry = LuaScript(client, scripts.START_RETRY)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int, ride_out_s: float = 30.0) -> JobStore:
-        """A store on ``url`` whose calls ride out a Redis outage of about ``ride_out_s`` s.
+    def from_url(cls, url: str, ttl: int, ride_out_s: float = 30.0,
+                 connect_timeout_s: float = 5.0) -> JobStore:
+        """A store on ``url`` whose calls ride out a Redis outage of about ``ride_out_s`` s
+        (0: one attempt, for a server that must answer at once).
 
         Every update here is idempotent (HSETNX guards), so a call retried after a dropped
         reply does not count anything twice.
         """
         retries = max(0, math.ceil(ride_out_s / RETRY_CAP_S))
         client = redis.Redis.from_url(
-            url, socket_timeout=30, socket_connect_timeout=5,
+            url, socket_timeout=30, socket_connect_timeout=connect_timeout_s,
             retry=Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=0.2), retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         return cls(client, ttl)
@@ -166,9 +171,10 @@ class JobStore:
     def _keys(self, job: str) -> list[str]:
         return [k.format(job=job) for k in (JOB_KEY, JOB_SENT_KEY, JOB_DONE_KEY, JOB_COUNTS_KEY)]
 
-    def create_or_resume(self, job: str, *, model: str, results: str, source: str,
-                         chunk_size: int, watch: str = "") -> bool:
-        """Create the record, or resume one made by the same submission; True when new.
+    def create(self, job: str, *, model: str, results: str, source: str, chunk_size: int,
+               watch: str = "") -> bool:
+        """Create the record in one step; True for the one caller of many that made it,
+        False when it exists (then nothing is changed).
 
         ``watch`` names the watch whose window this job is (set when it is created).
         """
@@ -182,16 +188,30 @@ class JobStore:
         if watch:
             fields["watch"] = watch
         pairs = [item for pair in fields.items() for item in pair]
-        if self._create([key, JOBS_INDEX_KEY], [self.ttl, now, job, *pairs]):
-            return True
-        if not self.get(job).same_submission(source=source, model=model, results=results,
-                                             chunk_size=chunk_size):
+        return bool(self._create([key, JOBS_INDEX_KEY], [self.ttl, now, job, *pairs]))
+
+    def check_same(self, job: str, *, model: str, results: str, source: str,
+                   chunk_size: int) -> Job:
+        """The existing record when it was made by the same submission; else JobConflict."""
+        existing = self.get(job)
+        if not existing.same_submission(source=source, model=model, results=results,
+                                        chunk_size=chunk_size):
             raise JobConflict(
                 f"job {job} already exists with another source, model, output or chunk size: "
                 "choose another --job name, or resubmit exactly the same one to resume it")
+        return existing
+
+    def create_or_resume(self, job: str, *, model: str, results: str, source: str,
+                         chunk_size: int, watch: str = "") -> bool:
+        """Create the record, or resume one made by the same submission; True when new."""
+        if self.create(job, model=model, results=results, source=source,
+                       chunk_size=chunk_size, watch=watch):
+            return True
+        self.check_same(job, model=model, results=results, source=source,
+                        chunk_size=chunk_size)
         # A resumed job sends its stalled chunks again: forget why they stalled.
-        self.redis.hset(key, mapping={"submitting": 1, "updated_at": now, "stalled_chunks": 0,
-                                      "submit_error": ""})
+        self.redis.hset(JOB_KEY.format(job=job), mapping={
+            "submitting": 1, "updated_at": time.time(), "stalled_chunks": 0, "submit_error": ""})
         self.redis.delete(JOB_ERRORS_KEY.format(job=job))
         return False
 
@@ -300,22 +320,25 @@ class JobStore:
         return failed
 
     def cancel(self, job: str) -> Job:
-        current = self.get(job)
-        if current.status == RUNNING:
-            self.redis.hset(JOB_KEY.format(job=job),
-                            mapping={"status": CANCELLED, "finished_at": time.time()})
+        """Cancel the job if it runs (one atomic step: one that finished meanwhile stays
+        as it ended); the record after."""
+        self.get(job)  # NotFoundError for an unknown job
+        if self._cancel([JOB_KEY.format(job=job)], [time.time()]):
+            self._tell(job, "cancelled")
         return self.get(job)
 
     def start_retry(self, job: str) -> int:
-        """Reopen a finished job for a retry; returns the new generation."""
-        current = self.get(job)
-        if current.status == RUNNING:
-            raise JobConflict(f"job {job} is still running: wait for it before a retry")
-        key = JOB_KEY.format(job=job)
-        generation = int(self.redis.hincrby(key, "generation", 1))
-        self.redis.hset(key, mapping={"status": RUNNING, "submitting": 1,
-                                      "updated_at": time.time()})
-        self.redis.hdel(key, "finished_at")
+        """Reopen a finished job for a retry in one atomic step; returns the new generation.
+        JobConflict when it still runs (a concurrent retry included) or was cancelled."""
+        generation = int(self._start_retry([JOB_KEY.format(job=job)], [time.time()]))
+        if generation == 0:
+            self.get(job)  # NotFoundError with its hint
+        if generation == -1:
+            raise JobConflict(f"job {job} is still running (or another retry just started it): "
+                              "wait for it before a retry")
+        if generation == -2:
+            raise JobConflict(f"job {job} was cancelled: a cancelled job is not retried; "
+                              "submit its images again as a new job")
         return generation
 
     def sent_not_settled(self, job: str, sent_before: float) -> list[tuple[int, int]]:

@@ -12,12 +12,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rstream.shared import modelref
 from rstream.shared.errors import ConfigError, InvalidMessage, RstreamError
+from rstream.shared.models import refs
 from rstream.shared.names import JOB_ID
+from rstream.shared.uris import can_travel
 
 MAX_URIS = 10_000  # RSTREAM_CHUNK_SIZE's upper bound
-MAX_URI_LENGTH = 4096
 MAX_CHUNK = 10_000_000
 MAX_GENERATION = 10_000
 _FIELDS = frozenset({"job", "chunk", "uris", "model", "results", "generation"})
@@ -93,7 +93,7 @@ def _text(value: object, name: str) -> str:
 
 def _model(value: object) -> str:
     text = _text(value, "model")
-    modelref.parse(text)  # ModelError with the reason
+    refs.parse(text)  # ModelError with the reason
     return text
 
 
@@ -108,14 +108,7 @@ def _uris(value: object) -> list[str]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_URIS:
         raise InvalidMessage(f"chunk message field uris is not a list of 1 to {MAX_URIS} URIs")
     for uri in value:
-        if not is_uri(uri):
-            raise InvalidMessage(f"chunk message field uris holds a value that is not a URI: "
-                                 f"{str(uri)[:80]!r}")
+        if not can_travel(uri):  # a URI that cannot name an object still gets its error line
+            raise InvalidMessage(f"chunk message field uris holds a value that cannot travel "
+                                 f"as a URI: {str(uri)[:80]!r}")
     return list(value)
-
-
-def is_uri(value: object) -> bool:
-    """Whether ``value`` may travel as a URI in a chunk message (the watcher checks what a
-    stream entry brings with this same rule before it records it)."""
-    return (isinstance(value, str) and 0 < len(value) <= MAX_URI_LENGTH
-            and "\x00" not in value and "\n" not in value)

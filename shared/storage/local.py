@@ -32,7 +32,9 @@ class LocalBackend(Backend):
         self.root = Path(os.path.realpath(root))
 
     def uri(self, key: str) -> str:
-        return str(self.root / key)
+        """The key itself, relative to the root: a message never shows this machine's paths
+        (the root is ``rstream config``'s RSTREAM_STORAGE_ROOT)."""
+        return key or "."
 
     def path(self, key: str) -> Path:
         """The file behind ``key``; refuses any key that resolves outside the root."""
@@ -41,8 +43,8 @@ class LocalBackend(Backend):
         path = Path(os.path.realpath(self.root / key))
         if path != self.root and self.root not in path.parents:
             raise AccessDeniedError(
-                f"{key}: resolves to {path}, outside the storage root {self.root}: use a path "
-                "inside the root or change RSTREAM_STORAGE_ROOT")
+                f"{key}: outside the storage root (RSTREAM_STORAGE_ROOT): use a path inside "
+                "the root, or change RSTREAM_STORAGE_ROOT")
         return path
 
     def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:

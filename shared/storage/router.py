@@ -53,8 +53,8 @@ class Storage:
             absolute = os.path.realpath(path)  # the root is a real path too
             if absolute != root and not absolute.startswith(root + os.sep):
                 raise AccessDeniedError(
-                    f"{uri}: outside the storage root {root}: use a path inside the root "
-                    "or change RSTREAM_STORAGE_ROOT")
+                    f"{uri}: outside the storage root (RSTREAM_STORAGE_ROOT): use a path "
+                    "inside the root, or change RSTREAM_STORAGE_ROOT")
             path = os.path.relpath(absolute, root)
         key = os.path.normpath(path) if path else "."
         key = "" if key == "." else key

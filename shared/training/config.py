@@ -30,6 +30,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The largest values a run may ask for: a batch that fits one GPU, images a model can take,
+# runs that end (a caller of the HTTP API must not ask for a billion of anything).
+UPPER_BOUNDS = {"epochs": 1000, "batch_size": 4096, "accumulation": 1024, "resize": 4096,
+                "crop": 4096}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one fine-tuning run; recorded in the published meta.
@@ -75,8 +81,10 @@ class TrainConfig:
             raise ConfigError(f"training mode {self.mode!r} is unknown: use {', '.join(MODES)}")
         if self.unfreeze and self.mode != "finetune":
             raise ConfigError("unfreeze only applies to mode finetune: drop it or change the mode")
-        if min(self.epochs, self.batch_size, self.accumulation) < 1:
-            raise ConfigError("epochs, batch_size and accumulation must be at least 1")
+        for name, most in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= most:
+                raise ConfigError(f"{name}={value} is out of range: use 1 to {most}")
         if not 0 < self.val_percent < 100 or not 0 < self.select_percent < 100 \
                 or self.val_percent + self.select_percent >= 100:
             raise ConfigError(f"val_percent={self.val_percent} and select_percent="
@@ -90,6 +98,10 @@ class TrainConfig:
                self.max_grad_norm, self.patience, self.workers, self.warmup_epochs) < 0:
             raise ConfigError("learning rates, momentum, weight_decay, max_grad_norm, patience, "
                               "warmup_epochs and workers must not be negative")
+        if self.workers > 64 or max(self.patience, self.warmup_epochs) > 1000 or \
+                max(self.lr_fc, self.lr_layer4, self.weight_decay) > 10 or self.momentum >= 1:
+            raise ConfigError("workers is at most 64, patience and warmup_epochs at most 1000, "
+                              "learning rates and weight_decay at most 10, momentum below 1")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.flip <= 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must lie in [0, 1) and "
                               f"flip={self.flip} in [0, 1]")

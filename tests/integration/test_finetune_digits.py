@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.training.config import TrainConfig, preset

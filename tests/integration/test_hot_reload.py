@@ -10,7 +10,7 @@ from rstream.producer import monitor
 from rstream.producer.client import Client
 from rstream.producer.submit import submit
 from rstream.shared.jobs.results import part_uris
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.worker.samples import write_samples

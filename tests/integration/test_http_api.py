@@ -7,109 +7,24 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from rstream.shared.registry import Registry
-from rstream.shared.settings import Settings
+from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
-from tests.pipeline import pipeline_settings, save_tiny_model, write_dataset
-from tests.services import REPO, WorkerProcess, free_port, service_unavailable
-
-READ, SUBMIT, ADMIN = ("r" * 20, "s" * 20, "a" * 20)
-TOKENS = f"{READ}:read,{SUBMIT}:read+submit,{ADMIN}:admin"
-WAIT_S = 180.0
+from tests.api import ADMIN, READ, SUBMIT, cli, poll_done
+from tests.pipeline import save_tiny_model, write_dataset
+from tests.services import REPO, WorkerProcess, service_unavailable
 
 
-class ApiProcess:
-    """``python -m rstream.producer.cli api`` on a free port, with its log in a file."""
-
-    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
-        self.port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
-        environ.update(settings.as_env())
-        environ.update({"RSTREAM_API_PORT": str(self.port), **env})
-        self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([sys.executable, "-m", "rstream.producer.cli", "api"],
-                                        cwd=REPO, env=environ, stdout=self._out,
-                                        stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
-        self._out.close()
-
-
-@pytest.fixture(scope="module")
-def stack(redis_server: str, moto_server: str, s3_admin: Any,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Settings, a tiny model, a worker, an open API (127.0.0.1, no token) and one with
-    tokens, for the whole module."""
-    root = tmp_path_factory.mktemp("api-root")
-    bucket = f"api-{uuid.uuid4().hex[:10]}"
-    s3_admin.create_bucket(Bucket=bucket)
-    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/6", root,
-                                 s3_endpoint_url=moto_server, allowed_buckets=(bucket,),
-                                 s3_max_attempts=2, chunk_size=8)
-    model = save_tiny_model(settings)
-    logs = root.parent
-    worker = WorkerProcess(settings, logs / "api-worker.log", "api").wait_ready()
-    open_api = ApiProcess(settings, logs / "api-open.log")
-    guarded = ApiProcess(settings, logs / "api-tokens.log", RSTREAM_API_TOKENS=TOKENS)
-    state = {"settings": settings, "model": model, "open": open_api, "guarded": guarded,
-             "bucket": bucket, "worker": worker}
-    try:
-        yield state
-    finally:
-        open_api.stop()
-        guarded.stop()
-        state["worker"].stop()
-
-
-def poll_done(http: httpx.Client, job: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        view = http.get(f"/v1/jobs/{job}").json()
-        if view["finished"]:
-            return view
-        assert time.monotonic() < deadline, view
-        time.sleep(0.3)
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
-    env.update(settings.as_env())
-    return subprocess.run([sys.executable, "-m", "rstream.producer.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
-def test_submit_over_http_then_results_equal_the_cli_results(stack: dict[str, Any]) -> None:
-    settings, model = stack["settings"], stack["model"]
+def test_submit_over_http_then_results_equal_the_cli_results(api_stack: dict[str, Any]) -> None:
+    settings, model = api_stack["settings"], api_stack["model"]
     prefix = f"http-{uuid.uuid4().hex[:6]}"
     write_dataset(Storage(settings), prefix, good=30)
-    with stack["guarded"].client(SUBMIT) as http:
+    with api_stack["guarded"].client(SUBMIT) as http:
         created = http.post("/v1/jobs", json={"source": prefix, "model": model})
         assert created.status_code == 202, created.text
         job = created.json()["job"]
@@ -125,11 +40,11 @@ def test_submit_over_http_then_results_equal_the_cli_results(stack: dict[str, An
     assert len(failed.text.splitlines()) == 10
 
 
-def test_inline_uris_and_an_idempotent_job_id(stack: dict[str, Any]) -> None:
-    settings, model = stack["settings"], stack["model"]
+def test_inline_uris_and_an_idempotent_job_id(api_stack: dict[str, Any]) -> None:
+    settings, model = api_stack["settings"], api_stack["model"]
     uris = write_dataset(Storage(settings), f"inline-{uuid.uuid4().hex[:6]}", good=4)[:4]
     job = f"inline-{uuid.uuid4().hex[:6]}"
-    with stack["open"].client() as http:
+    with api_stack["open"].client() as http:
         first = http.post("/v1/jobs", json={"uris": uris, "model": model, "job": job})
         assert first.status_code == 202 and first.json()["job"] == job, first.text
         again = http.post("/v1/jobs", json={"uris": uris, "model": model, "job": job})
@@ -142,9 +57,9 @@ def test_inline_uris_and_an_idempotent_job_id(stack: dict[str, Any]) -> None:
         assert listed.status_code == 200 and len(listed.json()["jobs"]) == 1
 
 
-def test_tokens_and_scopes(stack: dict[str, Any]) -> None:
-    api = stack["guarded"]
-    body = {"uris": ["a.jpg"], "model": stack["model"]}
+def test_tokens_and_scopes(api_stack: dict[str, Any]) -> None:
+    api = api_stack["guarded"]
+    body = {"uris": ["a.jpg"], "model": api_stack["model"]}
     with api.client() as anonymous, api.client("w" * 20) as wrong, api.client(READ) as reader:
         missing = anonymous.get("/v1/jobs")
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -164,25 +79,25 @@ def test_tokens_and_scopes(stack: dict[str, Any]) -> None:
     ("s3://someone-elses-bucket/x/", 403, "not in RSTREAM_ALLOWED_BUCKETS"),
     ("nowhere", 404, "no such folder"),
 ])
-def test_sources_go_through_the_storage_checks(stack: dict[str, Any], source: str,
+def test_sources_go_through_the_storage_checks(api_stack: dict[str, Any], source: str,
                                                status: int, text: str) -> None:
-    with stack["open"].client() as http:
-        response = http.post("/v1/jobs", json={"source": source, "model": stack["model"]})
+    with api_stack["open"].client() as http:
+        response = http.post("/v1/jobs", json={"source": source, "model": api_stack["model"]})
     assert response.status_code == status, response.text
     assert text in response.json()["error"]["message"]
 
 
-def test_a_list_file_on_the_api_host_is_never_read(stack: dict[str, Any],
+def test_a_list_file_on_the_api_host_is_never_read(api_stack: dict[str, Any],
                                                    tmp_path: Path) -> None:
     local = tmp_path / "secret-list.txt"  # exists on this machine, outside the storage root
     local.write_text("/etc/shadow\n")
-    with stack["open"].client() as http:
-        response = http.post("/v1/jobs", json={"source": str(local), "model": stack["model"]})
+    with api_stack["open"].client() as http:
+        response = http.post("/v1/jobs", json={"source": str(local), "model": api_stack["model"]})
     assert response.status_code in (403, 404), response.text
 
 
-def test_bodies_are_validated_and_limited(stack: dict[str, Any]) -> None:
-    with stack["open"].client() as http:
+def test_bodies_are_validated_and_limited(api_stack: dict[str, Any]) -> None:
+    with api_stack["open"].client() as http:
         big = http.post("/v1/jobs", content=b"{" + b" " * (10 * 1024 * 1024) + b"}",
                         headers={"content-type": "application/json"})
         assert big.status_code == 413 and big.json()["error"]["type"] == "BodyTooLarge"
@@ -202,12 +117,12 @@ def test_bodies_are_validated_and_limited(stack: dict[str, Any]) -> None:
         assert http.get("/v1/watches").json() == {"watches": []}
 
 
-def test_models_promote_rollback_and_train(stack: dict[str, Any]) -> None:
-    settings, api = stack["settings"], stack["guarded"]
+def test_models_promote_rollback_and_train(api_stack: dict[str, Any]) -> None:
+    settings, api = api_stack["settings"], api_stack["guarded"]
     registry = Registry(Storage(settings), settings.models)
-    name = stack["model"].split("@")[0]
+    name = api_stack["model"].split("@")[0]
     second = save_tiny_model(settings).split("@")[1]
-    first = stack["model"].split("@")[1]
+    first = api_stack["model"].split("@")[1]
     registry.promote(name, first)
     with api.client(ADMIN) as admin, api.client(READ) as reader:
         listed = reader.get("/v1/models").json()["models"]
@@ -231,8 +146,8 @@ def test_models_promote_rollback_and_train(stack: dict[str, Any]) -> None:
     assert registry.production(name) == first
 
 
-def test_health_readiness_and_metrics(stack: dict[str, Any]) -> None:
-    with stack["open"].client() as http:
+def test_health_readiness_and_metrics(api_stack: dict[str, Any]) -> None:
+    with api_stack["open"].client() as http:
         assert http.get("/readyz").json() == {"ready": True}
         text = http.get("/metrics").text
     assert 'rstream_queue_depth{queue="infer"}' in text
@@ -240,9 +155,9 @@ def test_health_readiness_and_metrics(stack: dict[str, Any]) -> None:
     assert 'rstream_jobs{state="done"}' in text and "rstream_redis_up 1.0" in text
 
 
-def test_the_api_refuses_to_serve_the_network_without_tokens(stack: dict[str, Any]) -> None:
+def test_the_api_refuses_to_serve_the_network_without_tokens(api_stack: dict[str, Any]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTREAM_")}
-    env.update(stack["settings"].as_env())
+    env.update(api_stack["settings"].as_env())
     env["RSTREAM_API_HOST"] = "0.0.0.0"
     result = subprocess.run([sys.executable, "-m", "rstream.producer.cli", "api"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -250,27 +165,27 @@ def test_the_api_refuses_to_serve_the_network_without_tokens(stack: dict[str, An
     assert "without any token would let anyone on the network submit" in result.stderr
 
 
-def test_the_dashboard_shows_jobs_failures_labels_and_models(stack: dict[str, Any],
+def test_the_dashboard_shows_jobs_failures_labels_and_models(api_stack: dict[str, Any],
                                                              tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         service_unavailable("chromium is not installed (apt-get install chromium)")
-    settings, model = stack["settings"], stack["model"]
+    settings, model = api_stack["settings"], api_stack["model"]
     prefix = f"dash-{uuid.uuid4().hex[:6]}"
     write_dataset(Storage(settings), prefix, good=30)
-    with stack["open"].client() as http:
+    with api_stack["open"].client() as http:
         done = http.post("/v1/jobs", json={"source": prefix, "model": model}).json()["job"]
         final = poll_done(http, done)
-        stack["worker"].stop()  # nothing consumes now: the next job stays in flight
+        api_stack["worker"].stop()  # nothing consumes now: the next job stays in flight
         try:
             flight = http.post("/v1/jobs", json={"source": prefix, "model": model,
                                                  "chunk_size": 4}).json()["job"]
-            dom = _render(chromium, f"{stack['open'].url}/#job={done}", tmp_path)
+            dom = _render(chromium, f"{api_stack['open'].url}/#job={done}", tmp_path)
             shot = tmp_path / "dashboard.png"
-            _render(chromium, f"{stack['open'].url}/#job={done}", tmp_path, screenshot=shot)
+            _render(chromium, f"{api_stack['open'].url}/#job={done}", tmp_path, screenshot=shot)
         finally:
-            stack["worker"] = WorkerProcess(settings, tmp_path / "again.log", "api2")
-            stack["worker"].wait_ready()
+            api_stack["worker"] = WorkerProcess(settings, tmp_path / "again.log", "api2")
+            api_stack["worker"].wait_ready()
         summary = http.get(f"/v1/jobs/{done}/summary").json()
     assert f'data-job="{done}"' in dom and f'data-job="{flight}"' in dom
     row = dom.split(f'data-job="{done}"', 1)[1].split("</tr>", 1)[0]

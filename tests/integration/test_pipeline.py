@@ -32,8 +32,8 @@ from rstream.shared.errors import NotFoundError, PermanentError
 from rstream.shared.jobs.manifest import manifest_uri
 from rstream.shared.jobs.results import part_uri, part_uris
 from rstream.shared.jobs.store import CANCELLED, DONE
+from rstream.shared.models.registry import Registry
 from rstream.shared.queue.inspect import queued
-from rstream.shared.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import join
 from tests.pipeline import (
@@ -68,7 +68,7 @@ def env(redis_server: str, moto_server: str, bucket: str,
     root = tmp_path_factory.mktemp("root")
     # A database of its own: no other test's worker can take a chunk of these jobs (the
     # metrics test counts what this worker scored).
-    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/7", root,
+    settings = pipeline_settings(redis_server.rsplit("/", 1)[0] + "/10", root,
                                  s3_endpoint_url=moto_server,
                                  allowed_buckets=(bucket,), s3_max_attempts=3,
                                  metrics_port=free_port(), backend="auto")

@@ -33,9 +33,11 @@ MODEL = "random:resnet18:classes=3"
 
 def envelope(body: bytes | str, *, content_type: str | None = "application/json",
              encoding: str | None = "utf-8", body_encoding: str = "base64",
-             task: str | None = INFER_TASK, encode: bool = True) -> str:
+             task: str | None = INFER_TASK, encode: bool = True,
+             task_id: str | None = None) -> str:
     tag = str(uuid.uuid4())
-    headers: dict[str, Any] = {"lang": "py", "id": tag, "argsrepr": "", "kwargsrepr": ""}
+    headers: dict[str, Any] = {"lang": "py", "id": task_id or tag, "argsrepr": "",
+                               "kwargsrepr": ""}
     if task is not None:
         headers["task"] = task
     raw = body.encode() if isinstance(body, str) else body
@@ -137,3 +139,25 @@ def test_every_kind_of_poison_is_dead_lettered_and_the_worker_serves_on(
     again = submit("poison/", model=MODEL, client=client)
     final = monitor.wait(client.jobs, client.storage, again, show_progress=False, timeout_s=120)
     assert final.ok == 4
+
+
+def test_a_chunk_whose_message_cannot_be_parsed_stalls_its_job_with_the_reason(
+        served: tuple[Settings, WorkerProcess]) -> None:
+    settings, _ = served
+    client = Client(settings)
+    job = f"unparsed-{uuid.uuid4().hex[:6]}"
+    client.jobs.create(job, model=MODEL, results=settings.results, source="x/", chunk_size=4)
+    client.jobs.mark_sent(job, 0, 0, 1)
+    client.jobs.end_submit(job)
+    before = deadletters.count(client.jobs.redis)
+    # Its task id names chunk 0 of the job, but its body cannot be parsed as a chunk.
+    client.jobs.redis.lpush(INFER_QUEUE, envelope(task_body(message=chunk(job, uris=[1])),
+                                                  task_id=f"{job}:0:0"))
+    deadline = time.monotonic() + 60
+    while not client.jobs.get(job).stalled:
+        assert time.monotonic() < deadline, deadletters.recent(client.jobs.redis, 5)
+        time.sleep(0.1)
+    record = client.jobs.get(job)
+    assert record.stalled_chunks == 1 and "InvalidMessage" in record.last_error
+    assert deadletters.count(client.jobs.redis) == before + 1
+    assert record.finished, "status and wait see it end instead of waiting for ever"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from tests.pipeline import pipeline_settings

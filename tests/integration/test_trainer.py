@@ -24,7 +24,7 @@ from rstream.producer import monitor
 from rstream.producer.client import Client
 from rstream.producer.submit import submit
 from rstream.shared.constants import TRAIN_LOCK_KEY
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.training.runs import TrainingLock, TrainRuns

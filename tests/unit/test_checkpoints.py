@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from rstream.producer.cli import main
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
 from rstream.worker.model.loader import load_model, load_version
 from tests.settings import make_settings

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from rstream.shared.errors import NotFoundError, TransientError
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.storage.local import LocalBackend

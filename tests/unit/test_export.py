@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
 from rstream.worker.model import export as export_module
 from rstream.worker.model.loader import load_model, save_model

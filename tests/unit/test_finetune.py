@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from rstream.shared.errors import ConfigError, NotFoundError, PreconditionFailed
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.training.config import TrainConfig

@@ -220,7 +220,7 @@ def test_the_checkout_imports_as_rstream_without_an_install(tmp_path: Path) -> N
 
     path = subprocess.run(["bash", str(ROOT / "scripts" / "checkout-path.sh")], check=True,
                           capture_output=True, text=True).stdout.strip()
-    result = subprocess.run([sys.executable, "-S", "-c", "import rstream.shared.settings as s; "
+    result = subprocess.run([sys.executable, "-S", "-c", "import rstream.shared.names as s; "
                              "print(s.__file__)"], cwd=tmp_path, env={"PYTHONPATH": path},
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

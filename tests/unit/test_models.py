@@ -12,8 +12,8 @@ import safetensors.torch
 import torch
 
 from rstream.shared.errors import ModelError, NotFoundError, TransientError
-from rstream.shared.modelref import ARCHS, TORCHVISION_WEIGHTS
-from rstream.shared.registry import Registry
+from rstream.shared.models.refs import ARCHS, TORCHVISION_WEIGHTS
+from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
 from rstream.shared.storage.local import LocalBackend
 from rstream.worker.model.loader import load_model, load_version, save_model

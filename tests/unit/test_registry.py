@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from rstream.shared.errors import ConfigError, NotFoundError
-from rstream.shared.modelref import VERSION_RE
+from rstream.shared.models.refs import VERSION_RE
+from rstream.shared.models.registry import (
+    META_NAME,
+    PRODUCTION_NAME,
+    WEIGHTS_NAME,
+    Registry,
+    new_version,
+)
 from rstream.shared.names import MODEL_NAME
-from rstream.shared.registry import META_NAME, PRODUCTION_NAME, WEIGHTS_NAME, Registry, new_version
 from rstream.shared.storage import Storage
 from tests.settings import make_settings
 

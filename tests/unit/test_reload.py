@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rstream.shared.errors import ModelError, PermanentError, TransientError
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
 from rstream.worker.serving.reload import ProductionTracker
 from tests.settings import make_settings

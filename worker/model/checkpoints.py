@@ -23,8 +23,8 @@ import safetensors.torch
 import torch
 
 from rstream.shared.errors import ConfigError, ModelError
-from rstream.shared.modelref import ARCHS
-from rstream.shared.registry import Registry
+from rstream.shared.models.refs import ARCHS
+from rstream.shared.models.registry import Registry
 from rstream.worker.model.loader import build, save_model
 from rstream.worker.model.preprocess import Preprocessing
 

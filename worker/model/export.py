@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rstream.shared import modelref
 from rstream.shared.errors import NotFoundError, PreconditionFailed, RstreamError
-from rstream.shared.registry import Registry
+from rstream.shared.models import refs
+from rstream.shared.models.registry import Registry
 from rstream.worker.model.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def export(loaded: LoadedModel, fmt: str) -> bytes:
 def cached_onnx(loaded: LoadedModel, registry: Registry | None) -> bytes:
     """The ONNX bytes of ``loaded``: from the cache when a worker exported it before, else
     exported now and cached for the next ones."""
-    ref = modelref.parse(loaded.model_id)
+    ref = refs.parse(loaded.model_id)
     if ref.kind == "registry" and ref.version and registry is not None:
         return _from_registry(loaded, registry, ref.name, ref.version)
     return _from_local_cache(loaded)

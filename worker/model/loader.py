@@ -1,7 +1,7 @@
 """Loading and saving models. Loading never executes code from a file.
 
-References (``NAME``, ``NAME@VERSION``, ``torchvision:ARCH:WEIGHTS``, ``random:ARCH``) are
-parsed by :mod:`rstream.shared.modelref`; this module turns a parsed one into a module on the CPU.
+References (``NAME``, ``NAME@VERSION``, ``torchvision:ARCH:WEIGHTS``, ``random:ARCH``) are parsed by
+:mod:`rstream.shared.models.refs`; this module turns a parsed one into a module on the CPU.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 import torchvision
 from torch import nn
 
-from rstream.shared import modelref
 from rstream.shared.errors import ModelError, NotFoundError
-from rstream.shared.modelref import ARCHS, ModelRef
-from rstream.shared.registry import Registry, new_version
+from rstream.shared.models import refs
+from rstream.shared.models.refs import ARCHS, ModelRef
+from rstream.shared.models.registry import Registry, new_version
 from rstream.worker.model.preprocess import Preprocessing
 
 
@@ -45,7 +45,7 @@ def build(arch: str, num_classes: int) -> nn.Module:
 
 def load_model(ref: str | ModelRef, registry: Registry | None = None) -> LoadedModel:
     """Resolve ``ref`` and load it on the CPU in eval mode."""
-    parsed = modelref.parse(ref) if isinstance(ref, str) else ref
+    parsed = refs.parse(ref) if isinstance(ref, str) else ref
     if parsed.kind == "random":
         loaded = _load_random(parsed)
     elif parsed.kind == "torchvision":

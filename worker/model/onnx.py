@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from rstream.shared.errors import ConfigError
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.worker.model.export import cached_onnx, onnx_bytes
 from rstream.worker.model.loader import LoadedModel
 from rstream.worker.model.predict import Predictor

@@ -1,9 +1,10 @@
 """What a worker process starts once Celery says it is ready, and stops at its shutdown.
 
-At ``worker_ready``: the warm-up of the default model (infer workers), the endpoints
-(``/metrics``, ``/healthz``, ``/readyz``; ``worker/runtime/health.py``), the heartbeat, the sweeper
-(infer workers), and the "ready" line. At ``worker_shutting_down`` the worker stops being
-ready; at ``worker_shutdown`` all of it stops, and the engine finishes what it holds.
+At ``worker_ready``: the warm-up of the default model (infer workers), the endpoints (``/metrics``,
+``/healthz``, ``/readyz``; ``worker/runtime/health.py``), the heartbeat, the sweeper (infer
+workers), and the "ready" line. At ``worker_shutting_down`` the worker stops being ready and drains
+(``drain.py``: what it holds goes back to the queue, what runs has ``RSTREAM_DRAIN_SECONDS``); at
+``worker_shutdown`` all of it stops, and the engine finishes what it holds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rstream.shared.loop import Loop
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.worker.runtime import metrics
+from rstream.worker.runtime.drain import start_draining
 from rstream.worker.runtime.health import Health
 from rstream.worker.runtime.heartbeat import WorkerHeartbeat
 from rstream.worker.runtime.sweeper import Sweeper
@@ -65,8 +67,10 @@ def connect(app: Celery, settings: Settings, state: ProcessState) -> Health:
                            pool)
 
     @worker_shutting_down.connect(weak=False)
-    def _stopping(**_: Any) -> None:
+    def _stopping(how: str = "Warm", **_: Any) -> None:
         health.stopping()
+        if how == "Warm":  # SIGTERM: drain (worker/runtime/drain.py); a cold one cuts at once
+            start_draining(settings.drain_seconds)
 
     @worker_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:

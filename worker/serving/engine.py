@@ -19,12 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from torch import Tensor
 
-from rstream.shared import modelref
-from rstream.shared.errors import RstreamError, TransientError
+from rstream.shared.errors import InvalidURI, RstreamError, TransientError
 from rstream.shared.jobs.results import Line, error_line, ok_line
-from rstream.shared.registry import Registry
+from rstream.shared.models import refs
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
+from rstream.shared.uris import uri_problem
 from rstream.worker.model.device import resolve_device
 from rstream.worker.model.loader import load_model
 from rstream.worker.model.onnx import OnnxPredictor, make_predictor
@@ -124,9 +125,9 @@ class Engine:
 
         A name follows its production pointer, read at most every ``reload_interval`` seconds;
         a new version loads in the background and serves once loaded (see worker/serving/reload.py).
-        Other references come back in their canonical form (``str(modelref.parse(ref))``).
+        Other references come back in their canonical form (``str(refs.parse(ref))``).
         """
-        parsed = modelref.parse(ref)
+        parsed = refs.parse(ref)
         if not parsed.follows_production:
             return str(parsed)
         return f"{parsed.name}@{self._production.version(parsed.name)}"
@@ -160,6 +161,9 @@ class Engine:
         return predictor
 
     def _fetch_decode(self, uri: str, spec: Preprocessing) -> Tensor | Exception:
+        problem = uri_problem(uri)
+        if problem:
+            return InvalidURI(f"{uri[:200]!r} cannot name an object: {problem}")
         try:
             start = time.monotonic()
             data = self.storage.read(uri, self.settings.max_object_bytes)
@@ -171,7 +175,7 @@ class Engine:
         except RstreamError as exc:
             return exc
         except Exception as exc:  # a bug or a library surprise fails one image, not the call
-            logger.exception("unexpected error fetching or decoding %s", uri)
+            logger.exception("unexpected error fetching or decoding %r", uri)
             return exc
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from rstream.shared.errors import PermanentError
 from rstream.shared.loop import Loop
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,11 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from rstream.shared import modelref, sources
+from rstream.shared import sources
 from rstream.shared.errors import ConfigError
 from rstream.shared.jobs.results import Line, encode
-from rstream.shared.registry import Registry
+from rstream.shared.models import refs
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.sources import chunked
 from rstream.shared.storage import Storage
@@ -66,7 +67,7 @@ def score_command(args: argparse.Namespace, settings: Settings) -> int:
 def run_score(args: argparse.Namespace, settings: Settings) -> Summary:
     """Score ``args.source`` and write the lines; ConfigError or ModelError on a usage error."""
     ref = args.model or settings.model
-    modelref.parse(ref)  # a missing or malformed reference fails before anything starts
+    refs.parse(ref)  # a missing or malformed reference fails before anything starts
     if args.topk is not None:
         if not 1 <= args.topk <= 100:
             raise ConfigError(f"--topk {args.topk} is invalid: use an integer from 1 to 100")

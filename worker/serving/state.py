@@ -7,7 +7,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from rstream.shared.jobs.store import JobStore
-from rstream.shared.registry import Registry
+from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.worker.serving.batcher import Batcher

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rstream.shared.errors import ConfigError, ModelError, NotFoundError, PermanentError
-from rstream.shared.modelref import VERSION_RE
+from rstream.shared.models.refs import VERSION_RE
 from rstream.shared.names import MODEL_NAME
 from rstream.shared.storage import Storage, join
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rstream.shared.errors import ConfigError, ModelError
-from rstream.shared.modelref import ModelRef, parse
+from rstream.shared.models.refs import ModelRef, parse
 from rstream.shared.names import MODEL_NAME
 
 
