@@ -41,6 +41,7 @@ BAD_VALUES = {
     "decode_threads": "0",
     "concurrency": "257",
     "task_time_limit": "5",
+    "drain_seconds": "-1",
     "visibility_timeout": "0",
     "task_max_retries": "101",
     "job_ttl": "59",
