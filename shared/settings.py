@@ -272,6 +272,11 @@ class Settings:
     max_object_bytes: int = _setting(
         128 * 1024 * 1024, "Objects (images) larger than this many bytes are refused before "
         "they are read.", _int(1), "use an integer number of bytes >= 1")
+    decode_device: str = _setting(
+        "auto", "Where JPEGs are decoded: cpu (whole, in the decode threads), cuda (in batches "
+        "with nvJPEG on the model's GPU; the rest stays on the CPU), batched (the cuda path's "
+        "code on any device, for tests) or auto, which is cpu until a GPU run measures cuda.",
+        _choice("auto", "cpu", "cuda", "batched"), "use auto, cpu, cuda or batched")
     decode_threads: int = _setting(
         4, "Threads per worker process that fetch and decode images.", _int(1, 256),
         "use an integer from 1 to 256")

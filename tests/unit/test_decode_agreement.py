@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from rstream.worker.model import preprocess
+from rstream.worker.model.batch_decode import Raw, preprocess_batch
 from rstream.worker.model.loader import load_model
 from rstream.worker.model.preprocess import Preprocessing, choose_path, decode_image, normalize
 from tests.probe import Probe, probe_jpegs, reference
@@ -67,3 +68,15 @@ def test_the_probe_sees_what_the_old_draft_target_changed(
     got = sample["probe"].top1(decoded(sample["datas"][size], "draft"))
 
     assert (got != sample["expected"][size]).sum() >= 1
+
+
+@pytest.mark.parametrize("size", [(500, 375), (1920, 1080)])
+def test_the_batched_device_path_keeps_the_reference_top1_class(sample: dict[str, Any],
+                                                                size: tuple[int, int]) -> None:
+    # RSTREAM_DECODE_DEVICE=cuda's code, run on the CPU (bench/gpu_e2e.sh runs it on a GPU)
+    raws = [Raw(data, LIMIT) for data in sample["datas"][size]]
+    batch, errors = preprocess_batch(raws, SPEC, torch.device("cpu"),
+                                     memory_format=torch.contiguous_format)
+
+    assert errors == [None] * len(raws) and batch is not None
+    assert sample["probe"].top1(batch).tolist() == sample["expected"][size].tolist()

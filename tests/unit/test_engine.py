@@ -14,6 +14,7 @@ import pytest
 import skimage
 import torch
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from rstream.shared.errors import NotFoundError, TransientError
 from rstream.shared.models.registry import Registry
@@ -96,9 +97,13 @@ def registry(storage: Storage, settings: Settings) -> Registry:
     return Registry(storage, settings.models)
 
 
+@pytest.mark.parametrize("decode_device", ["cpu", "batched"])
 def test_good_and_bad_images_get_one_line_each_in_order(
-        settings: Settings, storage: Storage, registry: Registry) -> None:
+        settings: Settings, storage: Storage, registry: Registry, decode_device: str) -> None:
+    # batched: the JPEGs decode with their batch, as RSTREAM_DECODE_DEVICE=cuda does on a GPU
+    settings = dataclasses.replace(settings, decode_device=decode_device)
     version = publish(registry, seed=1)
+    on_device = REGISTRY.get_sample_value("rstream_decode_path_total", {"path": "device"}) or 0
     uris = ["img/astronaut.png.jpg", "img/empty.jpg", "img/coffee.png.jpg", "img/missing.jpg",
             "img/notes.jpg", "img/chelsea.png.jpg", "img/truncated.jpg", "img/rocket.jpg.jpg"]
     with Engine(settings, storage, registry) as engine:
@@ -118,6 +123,9 @@ def test_good_and_bad_images_get_one_line_each_in_order(
     assert errors["img/missing.jpg"]["type"] == NotFoundError.__name__
     for uri in ("img/empty.jpg", "img/notes.jpg", "img/truncated.jpg"):
         assert errors[uri]["type"] == "ImageError" and errors[uri]["message"]
+    decoded_on_device = (REGISTRY.get_sample_value(
+        "rstream_decode_path_total", {"path": "device"}) or 0) - on_device
+    assert decoded_on_device == (4 if decode_device == "batched" else 0)
 
 
 def test_a_failed_forward_gives_error_lines_naming_the_model(

@@ -38,6 +38,7 @@ BAD_VALUES = {
     "topk": "0",
     "max_image_pixels": "1e9",
     "max_object_bytes": "0",
+    "decode_device": "gpu",
     "decode_threads": "0",
     "concurrency": "257",
     "task_time_limit": "5",

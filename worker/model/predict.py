@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rstream.shared.errors import ConfigError, ModelError
+from rstream.shared.errors import ConfigError, ImageError, ModelError
+from rstream.worker.model.batch_decode import Raw, Staging, preprocess_batch
 from rstream.worker.model.loader import LoadedModel
 from rstream.worker.model.preprocess import normalize
 
@@ -57,6 +58,8 @@ class Predictor:
         self.module = loaded.module.to(device).to(memory_format=torch.channels_last).eval()
         self.cap: int | None = None  # most images per forward, lowered by out-of-memory errors
         self._cap_lock = threading.Lock()
+        self._staging = Staging(device)
+        self._decode_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def __repr__(self) -> str:
         return f"Predictor({self.model_id!r}, {self.device}, {self.dtype or 'fp32'})"
@@ -79,6 +82,24 @@ class Predictor:
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
             raise ValueError(f"expected a uint8 [N, 3, H, W] batch, got {images.dtype} "
                              f"{list(images.shape)}")
+        return self._predict_all(images)
+
+    def predict_items(self, items: Sequence[Tensor | Raw]) -> list[Top | ImageError]:
+        """Top-k classes for each item, in input order: uint8 ``[3, H, W]`` crops decoded on
+        the CPU and :class:`Raw` JPEGs, decoded here on the device in one batch
+        (worker/model/batch_decode.py); an image no decoder takes gets its ImageError."""
+        dtype = self.dtype if self.dtype is not None and self.device.type == "cuda" \
+            else torch.float32
+        with torch.inference_mode():
+            batch, errors = preprocess_batch(
+                items, self.preprocessing, self.device, dtype=dtype, staging=self._staging,
+                stream=self._decode_stream)
+        tops = iter(self._predict_all(batch) if batch is not None else [])
+        out: list[Top | ImageError] = [error if error is not None else next(tops)
+                                          for error in errors]
+        return out
+
+    def _predict_all(self, images: Tensor) -> list[Top]:
         total = images.shape[0]
         cap_before = self.cap
         tops: list[Top] = []
@@ -109,9 +130,12 @@ class Predictor:
 
     def _forward(self, images: Tensor) -> list[Top]:
         with torch.inference_mode():
-            # From pinned memory the copy is asynchronous; the .cpu() below waits for it all.
-            x = images.to(self.device, non_blocking=True)
-            x = normalize(x, self.preprocessing).contiguous(memory_format=torch.channels_last)
+            if images.dtype == torch.uint8:
+                # From pinned memory the copy is asynchronous; the .cpu() below waits for it.
+                x = images.to(self.device, non_blocking=True)
+                x = normalize(x, self.preprocessing).contiguous(memory_format=torch.channels_last)
+            else:  # normalized on the device already (predict_items)
+                x = images
             logits = self._logits(x)
             if logits.ndim != 2 or logits.shape[0] != len(images):
                 raise ModelError(f"{self.model_id}: output of shape {list(logits.shape)} for "

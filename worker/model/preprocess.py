@@ -130,7 +130,7 @@ def decode_image(data: bytes, spec: Preprocessing, max_pixels: int, *,
     ``path`` is ``auto`` (see :func:`choose_path`) or one of :data:`PATHS` to force it;
     ``tensor`` and ``draft`` need a JPEG. Raises :class:`ImageError` saying why it refused.
     """
-    img = _open(data, max_pixels)
+    img = read_header(data, max_pixels)
     if path == "auto":
         path = choose_path(img, spec)
     elif path not in PATHS:
@@ -145,7 +145,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
     For training, whose augmentation crops the full image.
     """
-    img = _open(data, max_pixels)
+    img = read_header(data, max_pixels)
     with _reasons(img):
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
@@ -197,7 +197,7 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return int(resize * width / height), resize
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def read_header(data: bytes, max_pixels: int) -> Image.Image:
     """Parse the header only; refuse what is not an allowed image or declares too many pixels."""
     if not data:
         raise ImageError("empty image: the object has 0 bytes")
@@ -208,7 +208,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(_unidentified(data)) from None
     except _DECODE_ERRORS as exc:
-        reason = _reason(exc)
+        reason = error_reason(exc)
         kind = "truncated" if "truncated" in reason.lower() else "corrupt"
         raise ImageError(f"{kind} {_sniff(data[:16]) or 'image'} header: {reason}") from exc
     width, height = img.size
@@ -251,12 +251,12 @@ def _reasons(img: Image.Image) -> Iterator[None]:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from exc
     except _DECODE_ERRORS as exc:
-        reason = _reason(exc)
+        reason = error_reason(exc)
         kind = "truncated" if "truncated" in reason.lower() else "corrupt"
         raise ImageError(f"{kind} {img.format} image: {reason}") from exc
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     # torchvision prefixes its messages with "function, /path/file.cpp:LINE, "
     return re.sub(r"^\w+, \S+:\d+, ", "", str(exc).strip()).splitlines()[0] or type(exc).__name__
 
@@ -269,7 +269,7 @@ def _decode_exact(img: Image.Image, data: bytes, spec: Preprocessing) -> torch.T
     width, height = resized_size(img.width, img.height, spec.resize)
     if img.size != (width, height):
         img = img.resize((width, height), _PIL_FILTERS[spec.interpolation])
-    left, top = _origin(width, spec.crop), _origin(height, spec.crop)
+    left, top = crop_origin(width, spec.crop), crop_origin(height, spec.crop)
     return _to_chw(img.crop((left, top, left + spec.crop, top + spec.crop)))
 
 
@@ -284,7 +284,7 @@ def _decode_draft(img: Image.Image, data: bytes, spec: Preprocessing) -> torch.T
         img = _to_rgb(img)
     full_w, full_h = (stored_h, stored_w) if swapped else (stored_w, stored_h)
     width, height = resized_size(full_w, full_h, spec.resize)
-    left, top = _origin(width, spec.crop), _origin(height, spec.crop)
+    left, top = crop_origin(width, spec.crop), crop_origin(height, spec.crop)
     # The crop's box in the drafted image: full-size coordinates / target size / DCT scale.
     fx, fy = full_w / width / scale, full_h / height / scale
     box = (left * fx, top * fy, (left + spec.crop) * fx, (top + spec.crop) * fy)
@@ -299,7 +299,7 @@ def _decode_tensor(img: Image.Image, data: bytes, spec: Preprocessing) -> torch.
     height, width = pixels.shape[-2:]
     new_w, new_h = resized_size(width, height, spec.resize)
     pixels = F.resize(pixels, [new_h, new_w], antialias=True)
-    left, top = _origin(new_w, spec.crop), _origin(new_h, spec.crop)
+    left, top = crop_origin(new_w, spec.crop), crop_origin(new_h, spec.crop)
     crop = pixels.numpy()[:, top:top + spec.crop, left:left + spec.crop]
     return torch.from_numpy(np.ascontiguousarray(crop))
 
@@ -317,7 +317,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _origin(size: int, crop: int) -> int:
+def crop_origin(size: int, crop: int) -> int:
     """torchvision's CenterCrop offset; negative when it pads with zeros (PIL's crop does)."""
     if size >= crop:
         return round((size - crop) / 2.0)

@@ -39,6 +39,10 @@ FETCH_SECONDS = Histogram("rstream_fetch_seconds", "Reading one image from stora
 DECODE_SECONDS = Histogram("rstream_decode_seconds",
                            "Decoding and preprocessing one image that was read.",
                            buckets=_SECONDS)
+DECODE_PATH = Counter("rstream_decode_path_total", "Images decoded, by path: cpu (whole, in a "
+                      "decode thread), device (batched decode_jpeg on the model's device, "
+                      "RSTREAM_DECODE_DEVICE=cuda), fallback (refused by the device decoder, "
+                      "decoded on the CPU).", ["path"])
 QUEUE_WAIT_SECONDS = Histogram("rstream_queue_wait_seconds",
                                "Time a decoded image waited in the batcher for its batch.",
                                buckets=_SECONDS)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rstream.shared.errors import ImageError, RstreamError
+from rstream.worker.model.batch_decode import Raw
 from rstream.worker.model.predict import Predictor, Top
 from rstream.worker.runtime import metrics
 
@@ -37,7 +38,7 @@ class Prediction(NamedTuple):
 
 @dataclass
 class _Item:
-    image: Tensor
+    image: Tensor | Raw  # a decoded uint8 crop, or a JPEG for the device decoder
     predictor: Predictor
     future: Future[Prediction]
     submitted: float = field(default_factory=time.monotonic)
@@ -82,12 +83,14 @@ class Batcher:
             previous, self._predictor = self._predictor, predictor
         return previous
 
-    def submit(self, images: list[Tensor], predictor: Predictor | None = None,
+    def submit(self, images: list[Tensor | Raw], predictor: Predictor | None = None,
                ) -> list[Future[Prediction]]:
         """One future per image, in order; all of them use one predictor.
 
         ``predictor`` defaults to the current one (see :meth:`swap`). An image whose shape does
-        not fit the predictor fails its own future with ImageError at once.
+        not fit the predictor fails its own future with ImageError at once. A :class:`Raw`
+        JPEG is decoded with its batch on the predictor's device; if no decoder takes it, its
+        future fails with ImageError.
         """
         with self._cond:
             if self._closed:
@@ -195,7 +198,11 @@ class Batcher:
         with self._cond:
             self._working = (start, len(live), predictor.model_id)
         try:
-            tops = predictor.predict(predictor.collate([item.image for item in live]))
+            images = [item.image for item in live]
+            if any(isinstance(image, Raw) for image in images):
+                tops: list[Top | ImageError] = predictor.predict_items(images)
+            else:
+                tops = list(predictor.predict(predictor.collate(images)))  # type: ignore[arg-type]
         except Exception as exc:
             logger.exception("forward of %d images on %r failed; their results are errors",
                              len(live), predictor)
@@ -205,7 +212,10 @@ class Batcher:
             return
         self._count(live, start, failed=False)
         for item, top in zip(live, tops, strict=True):
-            item.future.set_result(Prediction(top, predictor.model_id))
+            if isinstance(top, ImageError):
+                item.future.set_exception(top)
+            else:
+                item.future.set_result(Prediction(top, predictor.model_id))
 
     def _count(self, live: list[_Item], start: float, *, failed: bool) -> None:
         metrics.BATCH_SIZE.observe(len(live))
@@ -222,7 +232,9 @@ class Batcher:
             self._stats["queue_wait_s"] += sum(waits)
 
 
-def _check_image(image: Tensor, expected: tuple[int, int, int]) -> str:
+def _check_image(image: Tensor | Raw, expected: tuple[int, int, int]) -> str:
+    if isinstance(image, Raw):
+        return ""
     if not isinstance(image, Tensor):
         return f"expected an image tensor, got {type(image).__name__}"
     if tuple(image.shape) != expected or image.dtype != torch.uint8:

@@ -26,6 +26,7 @@ from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.uris import uri_problem
+from rstream.worker.model.batch_decode import Raw, admit, decodes_in_batches
 from rstream.worker.model.device import resolve_device
 from rstream.worker.model.loader import load_model
 from rstream.worker.model.onnx import OnnxPredictor, make_predictor
@@ -48,6 +49,7 @@ class Engine:
         self.storage = storage
         self.registry = registry
         self.device = resolve_device(settings.device)
+        self.batched_decode = decodes_in_batches(settings.decode_device, self.device)
         self.batcher = Batcher(max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms)
         self._pool = ThreadPoolExecutor(settings.decode_threads,
                                         thread_name_prefix="rstream-decode")
@@ -58,8 +60,9 @@ class Engine:
             registry, settings.reload_interval,
             lambda ref: self.predictor_for(ref, kind="reload"))
         nvml.watch(self.device)
-        logger.info("engine on %s, precision %s, batches of up to %d images",
-                    self.device, settings.precision, settings.max_batch)
+        logger.info("engine on %s, precision %s, batches of up to %d images, JPEGs decoded %s",
+                    self.device, settings.precision, settings.max_batch,
+                    f"in batches on {self.device}" if self.batched_decode else "on the CPU")
 
     def score(self, uris: list[str], model_ref: str) -> list[Line]:
         """One result line per URI, in order, all from one model version.
@@ -160,7 +163,7 @@ class Engine:
         logger.info("loaded %s on %s in %.2fs", predictor.model_id, self.device, seconds)
         return predictor
 
-    def _fetch_decode(self, uri: str, spec: Preprocessing) -> Tensor | Exception:
+    def _fetch_decode(self, uri: str, spec: Preprocessing) -> Tensor | Raw | Exception:
         problem = uri_problem(uri)
         if problem:
             return InvalidURI(f"{uri[:200]!r} cannot name an object: {problem}")
@@ -169,8 +172,12 @@ class Engine:
             data = self.storage.read(uri, self.settings.max_object_bytes)
             read = time.monotonic()
             metrics.FETCH_SECONDS.observe(read - start)
-            image = decode_image(data, spec, self.settings.max_image_pixels)
+            # Batched: a JPEG's header here, its pixels with its batch, on the device.
+            image = admit(data, spec, self.settings.max_image_pixels) if self.batched_decode \
+                else decode_image(data, spec, self.settings.max_image_pixels)
             metrics.DECODE_SECONDS.observe(time.monotonic() - read)
+            if not isinstance(image, Raw):
+                metrics.DECODE_PATH.labels("cpu").inc()
             return image
         except RstreamError as exc:
             return exc
