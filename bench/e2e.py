@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images per bare pass (the first ones, in --max-batch batches)")
     parser.add_argument("--concurrency", type=int, default=2, help="worker threads pool (-c)")
     parser.add_argument("--decode-threads", type=int, default=2)
+    parser.add_argument("--decode-device", default="auto",
+                        help="rstream's RSTREAM_DECODE_DEVICE: auto, cpu, cuda or batched")
+    parser.add_argument("--precision", default="auto", help="rstream's RSTREAM_PRECISION")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--max-delay-ms", type=float, default=10.0)
@@ -126,7 +129,8 @@ def make_settings(opts: argparse.Namespace, work: Path, redis_url: str, endpoint
         s3_endpoint_url=endpoint if s3 else "", allowed_buckets=(BUCKET,) if s3 else (),
         chunk_size=opts.chunk_size, max_batch=opts.max_batch, max_delay_ms=opts.max_delay_ms,
         decode_threads=opts.decode_threads, concurrency=opts.concurrency,
-        max_pending_chunks=0, log_level="info", backend=opts.backend)
+        max_pending_chunks=0, log_level="info", backend=opts.backend,
+        decode_device=opts.decode_device, precision=opts.precision)
 
 
 def write_images(settings: Settings, opts: argparse.Namespace, images: int,
