@@ -162,3 +162,38 @@ def test_the_batcher_scores_raw_jpegs_and_crops_alike_and_fails_only_the_bad_one
         assert [e["index"] for e in got.top] == [e["index"] for e in want]
         assert got.top[0]["prob"] == pytest.approx(want[0]["prob"], abs=1e-5)
     assert batcher.stats()["batches"] == 1, "one batch: raw JPEGs and crops together"
+
+
+def test_the_next_batch_is_decoded_while_the_previous_one_is_in_the_forward() -> None:
+    import threading
+
+    release, in_forward, prepared = threading.Event(), threading.Event(), threading.Event()
+
+    class Slow(Predictor):
+        """Its forward waits for the test; a real one would be busy on the device."""
+
+        def prepare_items(self, items):  # type: ignore[no-untyped-def]
+            out = super().prepare_items(items)
+            if in_forward.is_set():
+                prepared.set()
+            return out
+
+        def predict_prepared(self, batch, errors):  # type: ignore[no-untyped-def]
+            in_forward.set()
+            assert release.wait(30)
+            return super().predict_prepared(batch, errors)
+
+    torch.manual_seed(0)
+    loaded = LoadedModel(build("resnet18", 10).eval(), "tiny@1", [f"c{i}" for i in range(10)],
+                         SPEC, "resnet18")
+    predictor = Slow(loaded, CPU, "fp32", topk=3)
+    with Batcher(predictor, max_batch=2, max_delay_ms=1) as batcher:
+        first = batcher.submit([Raw(rgb("coffee"), LIMIT)] * 2)
+        assert in_forward.wait(30)
+        second = batcher.submit([Raw(rgb("astronaut"), LIMIT)] * 2)
+        try:
+            assert prepared.wait(30), "the second batch waited for the first's forward"
+            assert batcher.liveness(60)[1]["waiting_images"] == 2
+        finally:
+            release.set()
+        assert all(f.result(30).top for f in first + second)

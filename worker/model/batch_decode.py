@@ -27,7 +27,9 @@ that no decoder takes gets an error line, with the CPU decoder's reason.
 On CUDA the decode runs on a stream of its own, and the model's stream waits for it
 explicitly: the CUDA decode has written into memory that the caller's stream was still using
 on H100-class GPUs (pytorch/vision issue 9606). The uint8 crops decoded on the CPU reach the
-device through a pinned staging buffer allocated once per predictor and reused.
+device through pinned staging buffers allocated once per predictor and reused
+(:class:`Staging`). The batcher prepares one batch here while the previous one is in the
+forward (worker/serving/batcher.py).
 """
 
 from __future__ import annotations
@@ -105,14 +107,17 @@ def admit(data: bytes, spec: Preprocessing, max_pixels: int) -> Tensor | Raw:
 
 
 class Staging:
-    """A pinned buffer for the CPU-decoded crops of a batch, allocated once and grown only when
-    a larger batch comes. Used by one thread (the batcher's), whose forward reads its results
-    back (a synchronizing copy) before the next batch is staged, so no copy is in flight when
-    the buffer is written again."""
+    """Pinned buffers for the CPU-decoded crops of a batch: two, allocated once (grown only
+    when a larger batch comes) and used in turn. A buffer is written again only after the
+    copy out of it has run (a CUDA event per buffer), so the batch being staged never
+    overwrites the one still crossing while the previous batch is in the forward."""
+
+    SLOTS = 2
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._buffer: Tensor | None = None
+        self._slots: list[tuple[Tensor, torch.cuda.Event] | None] = [None] * self.SLOTS
+        self._next = 0
         self._lock = threading.Lock()
 
     def to_device(self, crops: Sequence[Tensor]) -> Tensor:
@@ -121,13 +126,19 @@ class Staging:
             return torch.stack(list(crops))
         shape = (len(crops), *crops[0].shape)
         with self._lock:
-            buffer = self._buffer
-            if buffer is None or buffer.shape[0] < len(crops) or buffer.shape[1:] != shape[1:]:
-                buffer = torch.empty((max(len(crops), 1), *shape[1:]), dtype=torch.uint8,
-                                     pin_memory=True)
-                self._buffer = buffer
+            index, self._next = self._next, (self._next + 1) % self.SLOTS
+            slot = self._slots[index]
+            if slot is not None:
+                slot[1].synchronize()  # the last copy out of this buffer has run
+            if slot is None or slot[0].shape[0] < len(crops) or slot[0].shape[1:] != shape[1:]:
+                slot = (torch.empty(shape, dtype=torch.uint8, pin_memory=True),
+                        torch.cuda.Event())
+                self._slots[index] = slot
+            buffer, copied = slot
             staged = torch.stack(list(crops), out=buffer[:len(crops)])
-            return staged.to(self.device, non_blocking=True)
+            on_device = staged.to(self.device, non_blocking=True)
+            copied.record(torch.cuda.current_stream(self.device))
+            return on_device
 
 
 def preprocess_batch(items: Sequence[Tensor | Raw], spec: Preprocessing, device: torch.device,

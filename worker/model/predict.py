@@ -87,17 +87,25 @@ class Predictor:
     def predict_items(self, items: Sequence[Tensor | Raw]) -> list[Top | ImageError]:
         """Top-k classes for each item, in input order: uint8 ``[3, H, W]`` crops decoded on
         the CPU and :class:`Raw` JPEGs, decoded here on the device in one batch
-        (worker/model/batch_decode.py); an image no decoder takes gets its ImageError."""
+        (worker/model/batch_decode.py); an image no decoder takes gets its ImageError.
+        :meth:`prepare_items` then :meth:`predict_prepared`, which the batcher runs on two
+        threads so that one batch decodes while the previous one is in the forward."""
+        return self.predict_prepared(*self.prepare_items(items))
+
+    def prepare_items(self, items: Sequence[Tensor | Raw],
+                      ) -> tuple[Tensor | None, list[ImageError | None]]:
+        """The model's normalized input on the device for ``items``, and each item's error."""
         dtype = self.dtype if self.dtype is not None and self.device.type == "cuda" \
             else torch.float32
         with torch.inference_mode():
-            batch, errors = preprocess_batch(
-                items, self.preprocessing, self.device, dtype=dtype, staging=self._staging,
-                stream=self._decode_stream)
+            return preprocess_batch(items, self.preprocessing, self.device, dtype=dtype,
+                                    staging=self._staging, stream=self._decode_stream)
+
+    def predict_prepared(self, batch: Tensor | None, errors: list[ImageError | None],
+                         ) -> list[Top | ImageError]:
+        """What :meth:`prepare_items` made, scored: one entry per item it was given."""
         tops = iter(self._predict_all(batch) if batch is not None else [])
-        out: list[Top | ImageError] = [error if error is not None else next(tops)
-                                          for error in errors]
-        return out
+        return [error if error is not None else next(tops) for error in errors]
 
     def _predict_all(self, images: Tensor) -> list[Top]:
         total = images.shape[0]

@@ -1,11 +1,14 @@
 """The dynamic batcher: one thread owns the forward pass, any number of threads submit images.
 
-Callers submit lists of preprocessed images and get one future per image. The batcher thread
-forms device batches of at most ``max_batch`` images, waiting at most ``max_delay_ms`` (counted
-from the oldest waiting image) for a batch to fill. Each submitted image keeps the predictor that
-was current when it was submitted, and a batch never mixes predictors, so a :meth:`Batcher.swap`
-in the middle of a stream changes the model only for what is submitted after it. A forward that
-raises fails the futures of its own batch and nothing else.
+Callers submit lists of preprocessed images (or JPEGs for the device decoder) and get one future
+per image. A forming thread makes device batches of at most ``max_batch`` images, waiting at
+most ``max_delay_ms`` (counted from the oldest waiting image) for a batch to fill, and prepares
+each (stacks it; decodes its JPEGs on the device, worker/model/batch_decode.py); the model
+thread runs the forward of one batch while the next is prepared (one waits, at most). Each
+submitted image keeps the predictor that was current when it was submitted, and a batch never
+mixes predictors, so a :meth:`Batcher.swap` in the middle of a stream changes the model only
+for what is submitted after it. A forward that raises fails the futures of its own batch and
+nothing else.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from queue import Queue
 from typing import Any, NamedTuple
 
 import torch
@@ -44,6 +48,15 @@ class _Item:
     submitted: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Prepared:
+    live: list[_Item]
+    predictor: Predictor
+    inputs: Any  # a uint8 batch from collate(), or (normalized batch, errors) from prepare_items()
+    batched_decode: bool
+    start: float
+
+
 class BatcherClosed(RstreamError):
     """Raised when images are submitted to a batcher that was closed."""
 
@@ -66,8 +79,14 @@ class Batcher:
         self._stats = {"images": 0, "batches": 0, "failed_batches": 0,
                        "forward_s": 0.0, "queue_wait_s": 0.0}
         self._working: tuple[float, int, str] | None = None  # (since, images, model) in forward
-        self._thread = threading.Thread(target=self._run, name="rstream-batcher", daemon=True)
+        self._ready: Queue[_Prepared | None] = Queue(maxsize=1)
+        self._staged = 0  # images taken into a batch whose forward has not started
+        self._thread = threading.Thread(target=self._run_model, name="rstream-batcher",
+                                        daemon=True)
+        self._former = threading.Thread(target=self._run_former, name="rstream-batch-former",
+                                        daemon=True)
         self._thread.start()
+        self._former.start()
 
     @property
     def predictor(self) -> Predictor | None:
@@ -132,9 +151,9 @@ class Batcher:
         with self._cond:
             working = self._working
             oldest = min((queue[0].submitted for queue in self._queues.values()), default=None)
-            waiting = sum(len(queue) for queue in self._queues.values())
+            waiting = sum(len(queue) for queue in self._queues.values()) + self._staged
             closed = self._closed
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() or (not self._former.is_alive() and not closed):
             return closed, {"model_thread": "stopped" if closed else "died"}
         if working is not None:
             since, images, model = working
@@ -156,6 +175,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify()
+        self._former.join()
         self._thread.join()
 
     def __enter__(self) -> Batcher:
@@ -164,12 +184,21 @@ class Batcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._process(batch)
+    def _run_former(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                prepared = self._prepare(batch)
+                if prepared is not None:
+                    self._ready.put(prepared)
+        finally:
+            self._ready.put(None)  # the model thread stops after the last batch
+
+    def _run_model(self) -> None:
+        while (prepared := self._ready.get()) is not None:
+            self._forward(prepared)
 
     def _next_batch(self) -> list[_Item] | None:
         """Wait for a full batch, the oldest image's deadline, or close; None when drained."""
@@ -184,38 +213,61 @@ class Batcher:
                 wait = queue[0].submitted + self.max_delay - time.monotonic()
                 if len(queue) >= self.max_batch or wait <= 0 or self._closed:
                     batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+                    self._staged += len(batch)
                     if not queue:
                         del self._queues[predictor]
                     return batch
                 self._cond.wait(wait)
 
-    def _process(self, batch: list[_Item]) -> None:
+    def _prepare(self, batch: list[_Item]) -> _Prepared | None:
+        """The batch stacked (and its JPEGs decoded) for the forward; None when nothing is
+        left of it (cancelled, or its preparation failed: its futures have the error)."""
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        self._unstage(len(batch) - len(live))
         if not live:
-            return
+            return None
         predictor = live[0].predictor
         start = time.monotonic()
-        with self._cond:
-            self._working = (start, len(live), predictor.model_id)
+        images = [item.image for item in live]
+        batched_decode = any(isinstance(image, Raw) for image in images)
         try:
-            images = [item.image for item in live]
-            if any(isinstance(image, Raw) for image in images):
-                tops: list[Top | ImageError] = predictor.predict_items(images)
-            else:
-                tops = list(predictor.predict(predictor.collate(images)))  # type: ignore[arg-type]
+            inputs: Any = predictor.prepare_items(images) if batched_decode \
+                else predictor.collate(images)  # type: ignore[arg-type]
         except Exception as exc:
-            logger.exception("forward of %d images on %r failed; their results are errors",
-                             len(live), predictor)
-            self._count(live, start, failed=True)
-            for item in live:
-                item.future.set_exception(exc)
+            self._unstage(len(live))
+            self._fail(live, predictor, start, exc)
+            return None
+        return _Prepared(live, predictor, inputs, batched_decode, start)
+
+    def _forward(self, prepared: _Prepared) -> None:
+        live, predictor = prepared.live, prepared.predictor
+        with self._cond:
+            self._working = (time.monotonic(), len(live), predictor.model_id)
+            self._staged -= len(live)
+        try:
+            tops: list[Top | ImageError] = predictor.predict_prepared(*prepared.inputs) \
+                if prepared.batched_decode else list(predictor.predict(prepared.inputs))
+        except Exception as exc:
+            self._fail(live, predictor, prepared.start, exc)
             return
-        self._count(live, start, failed=False)
+        self._count(live, prepared.start, failed=False)
         for item, top in zip(live, tops, strict=True):
             if isinstance(top, ImageError):
                 item.future.set_exception(top)
             else:
                 item.future.set_result(Prediction(top, predictor.model_id))
+
+    def _unstage(self, images: int) -> None:
+        with self._cond:
+            self._staged -= images
+
+    def _fail(self, live: list[_Item], predictor: Predictor, start: float,
+              exc: Exception) -> None:
+        logger.exception("forward of %d images on %r failed; their results are errors",
+                         len(live), predictor)
+        self._count(live, start, failed=True)
+        for item in live:
+            item.future.set_exception(exc)
 
     def _count(self, live: list[_Item], start: float, *, failed: bool) -> None:
         metrics.BATCH_SIZE.observe(len(live))
