@@ -153,8 +153,17 @@ def quantize(onnx_fp32: bytes, calibration: torch.Tensor) -> bytes:
     )
 
     class Reader(CalibrationDataReader):
+        """The calibration batches; ``set_range`` picks the ones the next pass reads."""
+
         def __init__(self) -> None:
-            self._batches = iter(calibration.split(CALIBRATION_BATCH))
+            self._all = list(calibration.split(CALIBRATION_BATCH))
+            self._batches = iter(self._all)
+
+        def __len__(self) -> int:
+            return len(self._all)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(self._all[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -165,11 +174,13 @@ def quantize(onnx_fp32: bytes, calibration: torch.Tensor) -> bytes:
                                                                  "int8.onnx"))
         Path(fp32).write_bytes(onnx_fp32)
         quant_pre_process(fp32, pre, skip_symbolic_shape=True)  # folds BN, fuses, infers shapes
-        # uint8 activations with int8 weights (U8S8) is ONNX Runtime's fast pair on x86;
-        # ranges are folded after every few batches, so memory stays that of a few batches.
+        # uint8 activations with int8 weights (U8S8) is ONNX Runtime's fast pair on x86.
+        # A stride of one batch folds each batch's ranges into the running min/max, so memory
+        # stays that of one batch's activations (CalibMaxIntermediateOutputs, in 1.32, drops
+        # the batches it clears instead of folding them in).
         quantize_static(pre, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"CalibMaxIntermediateOutputs": 4})
+                        extra_options={"CalibStridedMinMax": 1})
         return Path(int8).read_bytes()
 
 
