@@ -60,7 +60,7 @@ def probe_model(probe: Probe, spec: Preprocessing, seed: int) -> LoadedModel:
                        "resnet18")
 
 
-def variant(name: str, loaded: LoadedModel, device: torch.device, calibration: torch.Tensor,
+def variant(name: str, loaded: LoadedModel, device: torch.device, calibration: torch.Tensor, *,
             compile_backend: str, exported: dict[str, bytes]) -> Logits:
     """The logits function of one backend/precision (``exported``: the probe's ONNX, kept)."""
     if name.startswith("ort_"):
@@ -75,6 +75,7 @@ def variant(name: str, loaded: LoadedModel, device: torch.device, calibration: t
     if name.startswith("eager"):
         return _channels_last(Predictor(loaded, device, precision, 1)._logits)
     forward = name.removesuffix("_fp16")
+    torch._dynamo.reset()  # each probe compiles afresh, never past dynamo's cache limit
     return _channels_last(CompiledPredictor(loaded, device, precision, 1, forward=forward,
                                             max_batch=CHUNK,
                                             compile_backend=compile_backend)._logits)
@@ -107,7 +108,7 @@ def measure(images: torch.Tensor, calibration: torch.Tensor, spec: Preprocessing
         for name in variants:
             started = time.monotonic()
             fn = variant(name, probe_model(probe, spec, seed), device, calibration,
-                         compile_backend, exported)
+                         compile_backend=compile_backend, exported=exported)
             probs = torch.softmax(logits_of(fn, images, device), 1)
             rows[name]["top1_agree_per_probe"].append(
                 int((probs.argmax(1) == reference.argmax(1)).sum()))

@@ -20,7 +20,6 @@ from rstream.worker.model import quantize
 from rstream.worker.model.loader import LoadedModel, load_model, save_model
 from rstream.worker.model.onnx import OnnxPredictor, make_predictor
 from rstream.worker.model.preprocess import Preprocessing
-from tests.images import jpeg_bytes
 from tests.probe import probe_jpegs
 from tests.settings import make_settings
 
@@ -115,7 +114,7 @@ def test_int8_on_the_eager_backend_is_refused_with_the_fix(world: Any) -> None:
 def test_without_calibration_images_the_error_names_the_setting_and_the_command(
         world: Any) -> None:
     bare = make_settings(storage_root=world["settings"].storage_root)
-    with pytest.raises(ConfigError, match="set RSTREAM_CALIBRATION.*rstream models quantize"):
+    with pytest.raises(ConfigError, match=r"set RSTREAM_CALIBRATION.*rstream models quantize"):
         make_predictor("auto", tiny(), CPU, "int8", 3, settings=bare)
 
 

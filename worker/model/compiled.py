@@ -90,8 +90,10 @@ class CompiledPredictor(Predictor):
         self._runs: dict[int, Callable[[Tensor], Tensor]] = {}
         if forward == "compile":
             inductor_cache()
+            # Dynamo keeps its graphs per code object, and every ResNet shares one forward:
+            # room for a graph per bucket of each version the engine keeps, and one reload.
             limit = torch._dynamo.config.cache_size_limit
-            torch._dynamo.config.cache_size_limit = max(limit, len(self.buckets) + 2)
+            torch._dynamo.config.cache_size_limit = max(limit, 5 * len(self.buckets))
             compiled = torch.compile(self.module, backend=compile_backend, dynamic=False)
             self._runs = {size: self._autocast(compiled) for size in self.buckets}
         self.warmup = self._warm_up()
