@@ -22,7 +22,7 @@ def report() -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    return measure(decoded(40, 0, SPEC), decoded(24, 1, SPEC), SPEC, probes=1,
+    return measure(decoded(32, 0, SPEC), decoded(16, 1, SPEC), SPEC, probes=1,
                    variants=["ort_fp32", "ort_int8", "compile"], device=torch.device("cpu"),
                    compile_backend="aot_eager")
 
@@ -35,7 +35,7 @@ def test_onnx_fp32_and_the_compiled_forward_keep_every_top1_class(
         report: dict[str, Any]) -> None:
     for name in ("ort_fp32", "compile"):
         row = report["results"][name]
-        assert row["fewest"] == row["images"] == 40, name
+        assert row["fewest"] == row["images"] == 32, name
         assert row["max_prob_diff"] < 1e-3, name
 
 
