@@ -127,9 +127,10 @@ def gpu_suite(arch: str, opts: argparse.Namespace, device: torch.device) -> dict
         warmups: dict[str, float] = {}
         kinds = ("compile",) if opts.smoke else ("compile", "cudagraphs")
         for kind in kinds:
-            compiled = CompiledPredictor(load_model(f"random:{arch}"), device, precision, 5,
-                                         forward=kind, max_batch=batch)
-            compiled.preprocessing = loaded.preprocessing
+            fresh = load_model(f"random:{arch}")
+            fresh.preprocessing = loaded.preprocessing  # warm up at the size that is timed
+            compiled = CompiledPredictor(fresh, device, precision, 5, forward=kind,
+                                         max_batch=batch)
             warmups[kind] = compiled.warmup["per_bucket_s"][str(batch)]
             forwards[kind] = compiled._logits
         x = torch.randn(batch, 3, crop, crop, device=device).contiguous(
