@@ -94,6 +94,17 @@ def _location(raw: str) -> str:
     return value
 
 
+def _optional_location(raw: str) -> str:
+    return _location(raw) if raw.strip() else ""
+
+
+def _fraction(raw: str) -> float:
+    value = _float(0.0)(raw)
+    if value > 1.0:
+        raise ValueError("above 1")
+    return value
+
+
 def _region(raw: str) -> str:
     value = raw.strip()
     if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
@@ -256,8 +267,21 @@ class Settings:
         "auto", "auto, cpu, cuda or cuda:N; one process serves one device.", _device,
         "use auto, cpu, cuda or cuda:N")
     precision: str = _setting(
-        "auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 autocast.",
-        _choice("auto", "fp32", "fp16", "bf16"), "use auto, fp32, fp16 or bf16")
+        "auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 autocast, or int8 (ONNX "
+        "Runtime static quantization, CPU only; see docs/models.md).",
+        _choice("auto", "fp32", "fp16", "bf16", "int8"), "use auto, fp32, fp16, bf16 or int8")
+    calibration: str = _setting(
+        "", "int8: the calibration images, a folder/prefix or a file of URIs (one a line, or "
+        "JSONL with \"uri\"); empty: what `rstream models quantize` recorded, else the model's "
+        "validation split from `rstream train`.", _optional_location,
+        "use a path, s3://bucket/prefix or a .txt/.jsonl list of URIs")
+    int8_min_agreement: float = _setting(
+        0.98, "int8: a quantized model whose top-1 agreement with fp32 on held-out images is "
+        "below this is refused.", _fraction, "use a number from 0 to 1")
+    forward: str = _setting(
+        "eager", "Eager-backend forward: eager, compile (torch.compile, inductor) or cudagraphs "
+        "(CUDA graphs per batch-size bucket, CUDA only); compiled forwards pad batches to "
+        "buckets.", _choice("eager", "compile", "cudagraphs"), "use eager, compile or cudagraphs")
     backend: str = _setting(
         "auto", "auto (ONNX Runtime on the CPU when installed, eager PyTorch on CUDA), eager "
         "or onnx (CPU only).", _choice("auto", "eager", "onnx"), "use auto, eager or onnx")

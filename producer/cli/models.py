@@ -1,4 +1,5 @@
-"""Handlers of the model and training commands: train, models ls / promote / rollback.
+"""Handlers of the model and training commands: train, models ls / promote / rollback
+(export, import and quantize run worker code: producer/cli/worker.py).
 
 No torch: training runs on a trainer (``rstream worker --train``); these commands send it work
 and read the registry in storage.
@@ -12,7 +13,11 @@ import sys
 
 from rstream.producer import monitor, training
 from rstream.producer.cli.args import Commands, positive
-from rstream.producer.cli.worker import models_export_command, models_import_command
+from rstream.producer.cli.worker import (
+    models_export_command,
+    models_import_command,
+    models_quantize_command,
+)
 from rstream.producer.client import Client
 from rstream.shared.errors import ConfigError
 from rstream.shared.models.refs import ARCHS
@@ -70,6 +75,16 @@ def add_parsers(commands: Commands) -> None:
                    help="onnx (torch's current exporter) or torchscript (default onnx)")
     p.add_argument("--out", required=True, help="the file to write (and FILE.json beside it)")
     p.set_defaults(handler=models_export_command)
+    p = models.add_parser("quantize", help="build a model's int8 version (RSTREAM_PRECISION="
+                          "int8) now, and show its agreement with fp32 and its speed-up (needs "
+                          "the worker extra)")
+    p.add_argument("ref", metavar="REF", help="a model reference: NAME, NAME@VERSION, "
+                   "torchvision:ARCH:WEIGHTS or random:ARCH")
+    p.add_argument("--calibration", metavar="SOURCE", default="",
+                   help="images like the ones you score: a folder, s3://bucket/prefix, or a "
+                   ".txt/.jsonl list of URIs (default: RSTREAM_CALIBRATION, else the model's "
+                   "validation split when it came from rstream train)")
+    p.set_defaults(handler=models_quantize_command)
     p = models.add_parser("import", help="publish a state_dict from your own torchvision "
                           "training script as a new version (needs the worker extra)")
     p.add_argument("file", help=".pt/.pth (read with torch.load(weights_only=True)) or "

@@ -1,4 +1,5 @@
-"""Handlers of the commands that run worker code: score, samples, worker, beat, models import.
+"""Handlers of the commands that run worker code: score, samples, worker, beat, models export /
+import / quantize.
 
 The only producer module that imports ``worker``, and only inside the handlers, so that
 ``rstream submit`` and the other job commands run on a host without torch.
@@ -156,6 +157,49 @@ def models_export_command(args: argparse.Namespace, settings: Settings) -> int:
         os.replace(tmp, path)  # whole or not at all
     print(f"{loaded.model_id}: {args.format} written to {out} ({len(data) / 1e6:.1f} MB), "
           f"classes and preprocessing in {out}.json")
+    return 0
+
+
+def models_quantize_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``rstream models quantize REF [--calibration SOURCE]``: the int8 model, built (or found)
+    and kept beside the weights; a registry version records it in its meta.json, so workers
+    with RSTREAM_PRECISION=int8 load it without a calibration setting of their own."""
+    require_worker_extra("models quantize")
+    import sys
+
+    from rstream.shared.models import refs
+    from rstream.shared.models.registry import Registry
+    from rstream.shared.storage import Storage
+    from rstream.worker.model import quantize
+    from rstream.worker.model.export import cached_onnx
+    from rstream.worker.model.loader import load_model
+
+    storage = Storage(settings)
+    registry = Registry(storage, settings.models)
+    loaded = load_model(args.ref, registry)
+    source = args.calibration or settings.calibration
+    loaded.meta.pop("int8", None)  # build (or find) for this calibration set, not the recorded
+    _, record = quantize.int8_model(loaded, cached_onnx(loaded, registry), registry=registry,
+                                    storage=storage, source=source,
+                                    max_pixels=settings.max_image_pixels)
+    calib = record["calibration"]
+    ref = refs.parse(loaded.model_id)
+    if ref.kind == "registry" and ref.version:
+        registry.update_meta(ref.name, ref.version, int8={
+            "key": calib["key"], "calibration": source,
+            "top1_agreement": record["top1_agreement"], "held_out": record["held_out"]})
+    print(f"{loaded.model_id}: int8 calibrated on {calib['images']} images of "
+          f"{calib['source']} (key {calib['key']})\n"
+          f"  top-1 agreement with fp32: {record['top1_agreement']:.1%} of "
+          f"{record['held_out']} held-out images (max probability difference "
+          f"{record['max_prob_diff']:.3f})\n"
+          f"  speed-up over ONNX Runtime fp32: {record['speedup_vs_fp32']:.2f}x "
+          f"(batch {record['speed_batch']}, {record['threads']} threads)")
+    try:
+        quantize.check(record, settings.int8_min_agreement, args.ref)
+    except ConfigError as exc:
+        print(f"rstream: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

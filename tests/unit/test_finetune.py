@@ -22,6 +22,7 @@ from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.training.config import TrainConfig
+from rstream.shared.training.splits import is_validation
 from rstream.worker.finetune import dataset
 from rstream.worker.finetune.loop import prepare
 from rstream.worker.finetune.optimizer import make_optimizer
@@ -174,7 +175,7 @@ def swapped_training_labels(storage: Storage, settings: Settings) -> str:
     lines = []
     for item in dataset.list_labelled(storage, settings.train_data):
         label = item.label
-        if not dataset.is_validation(item.uri, FAST["val_percent"]):
+        if not is_validation(item.uri, FAST["val_percent"]):
             label = "red" if label == "blue" else "blue"
         lines.append(json.dumps({"uri": item.uri, "label": label}))
     storage.write("swapped.jsonl", "\n".join(lines).encode())
@@ -334,7 +335,7 @@ def test_splits_are_stable_disjoint_and_the_gates_does_not_move(
     again = dataset.split(list(reversed(many)), 20, 10)
     assert again.val == splits.val[::-1] and again.select == splits.select[::-1]
     assert dataset.split(many, 20, 30).val == splits.val  # the gate's split stays put
-    assert splits.val == [i for i in many if dataset.is_validation(i.uri, 20)]
+    assert splits.val == [i for i in many if is_validation(i.uri, 20)]
     with pytest.raises(ConfigError, match="to select epochs"):
         dataset.split(many[:2], 20, 10)
 

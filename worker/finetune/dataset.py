@@ -24,11 +24,10 @@ from torchvision.transforms import v2
 
 from rstream.shared.errors import ConfigError, PermanentError
 from rstream.shared.storage import Storage, join
+from rstream.shared.training.splits import IMAGE_EXTENSIONS, split_of
 from rstream.worker.model.preprocess import Preprocessing, decode_image, open_image
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")  # preprocess.ALLOWED_FORMATS
 
 Sample = tuple[torch.Tensor, int] | None  # None: the image could not be decoded
 
@@ -90,22 +89,6 @@ def classes_of(items: Sequence[LabelledImage]) -> list[str]:
         raise ConfigError(f"the training data has {len(classes)} class(es) ({', '.join(classes)}): "
                           "a classifier needs images of at least two classes")
     return classes
-
-
-def split_of(uri: str, val_percent: int, select_percent: int) -> str:
-    """``"val"`` (the gate's), ``"select"`` (the epoch selection's) or ``"train"``, by a hash
-    of ``uri``: stable across runs and machines, and the gate's split does not move when
-    ``select_percent`` changes."""
-    digest = hashlib.sha1(uri.encode(), usedforsecurity=False).digest()
-    bucket = int.from_bytes(digest[:8], "big") % 100
-    if bucket < val_percent:
-        return "val"
-    return "select" if bucket < val_percent + select_percent else "train"
-
-
-def is_validation(uri: str, val_percent: int) -> bool:
-    """Whether ``uri`` belongs to the gate's validation split."""
-    return split_of(uri, val_percent, 0) == "val"
 
 
 @dataclass(frozen=True)

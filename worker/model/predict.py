@@ -41,6 +41,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision in _AUTOCAST_DTYPES:
         return _AUTOCAST_DTYPES[precision]
+    if precision == "int8":
+        raise ConfigError("RSTREAM_PRECISION=int8 runs on ONNX Runtime on the CPU, not on the "
+                          "eager backend: use RSTREAM_BACKEND=auto (or onnx) on the CPU")
     raise ConfigError(f"RSTREAM_PRECISION={precision!r} is invalid: use auto, fp32, fp16 or bf16")
 
 

@@ -31,7 +31,7 @@ class Warmup(Loop):
 
     def tick(self) -> float | None:
         try:
-            self._load(self.ref)
+            loaded = self._load(self.ref)
         except Exception as exc:  # any reason a model cannot load; the next try may work
             state = f"cannot load {self.ref}: {type(exc).__name__}: {exc}"
             if state != self._state:
@@ -40,6 +40,9 @@ class Warmup(Loop):
             self._state = state
             delay, self._delay = self._delay, min(WARMUP_MAX_RETRY_S, self._delay * 2)
             return delay
-        self._state, self._loaded = f"loaded {self.ref}", True
+        # A compiled forward says what its warm-up cost; /readyz shows it.
+        note = getattr(loaded, "warmup_note", None)
+        self._state = f"loaded {self.ref}" + (f" ({note()})" if callable(note) else "")
+        self._loaded = True
         self.stop()
         return None

@@ -153,7 +153,7 @@ class Engine:
             loaded = load_model(ref, self.registry)
             predictor = make_predictor(self.settings.backend, loaded, self.device,
                                        self.settings.precision, self.settings.topk,
-                                       registry=self.registry)
+                                       registry=self.registry, settings=self.settings)
         except Exception as exc:
             metrics.MODEL_LOADS.labels(ref, kind, "failed", type(exc).__name__).inc()
             raise

@@ -14,6 +14,7 @@ from rstream.worker.serving.batcher import Batcher
 from rstream.worker.serving.chunks import ChunkContext
 
 if TYPE_CHECKING:
+    from rstream.worker.model.predict import Predictor
     from rstream.worker.serving.engine import Engine
 
 
@@ -44,11 +45,11 @@ class ProcessState:
                 self._context = ChunkContext(self._engine, storage, self.jobs)
             return self._context
 
-    def load(self, ref: str) -> None:
+    def load(self, ref: str) -> Predictor:
         """Load model ``ref`` now (and the engine, on first use)."""
         self.context()
         assert self._engine is not None
-        self._engine.predictor_for(ref)
+        return self._engine.predictor_for(ref)
 
     def batcher(self) -> Batcher | None:
         """The model thread, once the engine is built; None before."""
