@@ -24,7 +24,7 @@ def add_routes(app: FastAPI, ctx: ApiContext) -> None:
     client, settings, read = ctx.client, ctx.settings, ctx.need("read")
 
     @app.get("/v1/jobs/{job}/gallery", tags=["jobs"], dependencies=[read])
-    def job_gallery(job: str, label: Annotated[str | None, Query(max_length=512)] = None,
+    def job_gallery(job: str, *, label: Annotated[str | None, Query(max_length=512)] = None,
                     failed: bool = False, sort: gallery.Sort = "order",
                     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
                     limit: Annotated[int, Query(ge=1, le=200)] = 48) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def thumbnail(storage: Storage, uri: str, size: int, *, max_bytes: int,
         return Thumbnail(_shrink(data, size, max_pixels))
     except _Refused as exc:
         return Thumbnail(placeholder_jpeg(size), str(exc))
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for a broken file
+    except Exception as exc:  # Pillow raises many kinds for a broken file
         return Thumbnail(placeholder_jpeg(size), f"undecodable image: {type(exc).__name__}")
 
 
