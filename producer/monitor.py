@@ -48,6 +48,30 @@ def status(store: JobStore, job_id: str) -> Status:
     return Status(job, rate, eta)
 
 
+def throughput(store: JobStore, job_id: str, bins: int = 24) -> dict[str, Any]:
+    """Images per second over a job's life and the share of failures, from the time each
+    chunk was recorded done (``done_at`` in its counts): ``bins`` equal spans from the job's
+    creation to its last chunk. Chunks recorded before done_at existed are left out."""
+    job = store.get(job_id)
+    done = sorted((float(c["done_at"]), int(c.get("ok", 0)), int(c.get("failed", 0)))
+                  for _, c in store.chunk_counts(job_id) if "done_at" in c)
+    if not done:
+        return {"job": job_id, "start": job.created_at, "span_s": 0.0, "bins": []}
+    span = max(done[-1][0] - job.created_at, 1e-3)
+    width = span / bins
+    rows = [{"t": round(width * (i + 1), 3), "ok": 0, "failed": 0} for i in range(bins)]
+    for at, ok, failed in done:
+        row = rows[min(int((at - job.created_at) / width), bins - 1)]
+        row["ok"] += ok
+        row["failed"] += failed
+    for row in rows:
+        images = row["ok"] + row["failed"]
+        row["rate"] = round(images / width, 3)
+        row["failed_share"] = round(row["failed"] / images, 4) if images else 0.0
+    return {"job": job_id, "start": job.created_at, "span_s": round(span, 3),
+            "bin_s": round(width, 3), "bins": rows}
+
+
 def notes(store: JobStore, job: Job, visibility_timeout: int) -> list[str]:
     """What a person needs to know about a job beyond its counts: a submission that stopped,
     a job that failed as a whole, no worker on the queue, stalled chunks."""

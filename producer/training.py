@@ -74,9 +74,28 @@ def model_versions(registry: Registry, name: str) -> dict[str, Any]:
             "classes": len(meta.get("classes", [])), "created_at": meta.get("created_at"),
             "val_accuracy": meta.get("metrics", {}).get("val_accuracy"),
             "gate": meta.get("gate", {}).get("reason")
-            or meta.get("imported", {}).get("reason", "")})
+            or meta.get("imported", {}).get("reason", ""),
+            "run": _run_of(meta)})
     return {"name": name, "production": pointer["version"] if pointer else None,
-            "previous": pointer.get("previous", []) if pointer else [], "versions": versions}
+            "promoted_at": pointer.get("promoted_at") if pointer else None,
+            "previous": pointer.get("previous", []) if pointer else [],
+            "events": pointer.get("events", []) if pointer else [], "versions": versions}
+
+
+def _run_of(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The fine-tune run that made a version (None for an imported one): its options, the
+    figures of each epoch, the epoch chosen, the gate with both figures, and the confusion
+    matrix of the validation split."""
+    training, metrics, gate = meta.get("training"), meta.get("metrics", {}), meta.get("gate", {})
+    if not training:
+        return None
+    return {"options": training.get("config", {}), "history": training.get("history", []),
+            "best_epoch": training.get("best_epoch"), "parent": meta.get("parent"),
+            "gate": {k: gate.get(k) for k in ("passed", "promoted", "reason", "tolerance",
+                                              "production_version", "production_accuracy")},
+            "val_accuracy": metrics.get("val_accuracy"),
+            "classes": metrics.get("classes", meta.get("classes", [])),
+            "confusion": metrics.get("confusion"), "per_class": metrics.get("per_class")}
 
 
 def promote(registry: Registry, name: str, version: str) -> tuple[dict[str, Any], bool]:

@@ -35,3 +35,7 @@ WATCH_PENDING_KEY = REDIS_PREFIX + ":watch:{name}:pending"  # "job:chunk" -> fir
 WATCH_SEEN_KEY = REDIS_PREFIX + ":watch:{name}:seen"  # the seen-record (sorted set)
 INGEST_STREAM_KEY = REDIS_PREFIX + ":ingest:{name}"  # clients: XADD rstream:ingest:NAME * uri URI
 INGEST_GROUP = "rstream"  # the consumer group the watcher reads an ingest stream through
+
+# The image formats the worker decodes (worker/model/preprocess.py) and the API's thumbnails
+# read: Pillow is offered only these, so it never parses anything else.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,24 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env.update(settings.as_env())
     return subprocess.run([sys.executable, "-m", "rstream.producer.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def cells(html: str, cls: str, tag: str = "td") -> list[str]:
+    start = f'<{tag} class="{cls}">'
+    return [part.split("<", 1)[0] for part in html.split(start)[1:]]
+
+
+def render_page(chromium: str, url: str, tmp_path: Path, screenshot: Path | None = None,
+                height: int = 1500) -> str:
+    """The page after its scripts ran (virtual time lets the fetches finish)."""
+    profile = tmp_path / f"profile-{uuid.uuid4().hex[:6]}"
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=8000",
+            f"--window-size=1280,{height}"]
+    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+

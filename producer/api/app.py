@@ -2,7 +2,8 @@
 
 Versioned under ``/v1``; the OpenAPI schema at ``/openapi.json``. Bodies are validated by pydantic,
 errors are JSON with the field or the reason named (``errors.py``), never a 500 for anything a
-caller sends. The routes live with their resource: ``jobs.py``, ``models.py``, ``health.py``. No
+caller sends. The routes live with their resource: ``jobs.py``, ``images/`` (gallery,
+thumbnails), ``models.py``, ``health.py``. No
 torch on this side.
 """
 
@@ -20,6 +21,7 @@ from rstream.producer.api.body_limit import BodyLimit
 from rstream.producer.api.browser import BrowserGuard, content_security_policy
 from rstream.producer.api.context import ApiContext
 from rstream.producer.api.errors import add_error_handlers
+from rstream.producer.api.images import routes as images
 from rstream.producer.client import Client
 from rstream.shared.settings import Settings
 
@@ -44,6 +46,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
     add_error_handlers(app)
     health.add_routes(app, ctx)
     jobs.add_routes(app, ctx)
+    images.add_routes(app, ctx)
     models.add_routes(app, ctx)
     return app
 

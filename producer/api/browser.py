@@ -34,7 +34,7 @@ def content_security_policy(page: str) -> str:
                         for b in blocks)
 
     return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+            "connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'")
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from rstream.producer.api.context import ApiContext, ApiError
+from rstream.producer.monitor import throughput
 from rstream.producer.submit import prepare, prepare_resume, retry
 from rstream.producer.watch.record import all_watches
 from rstream.shared.jobs.results import job_lines
@@ -117,6 +118,13 @@ def add_routes(app: FastAPI, ctx: ApiContext) -> None:
                 "failures": [{"type": t, "reason": r, "count": n}
                              for (t, r), n in failures.most_common(20)],
                 "labels": [{"label": label, "count": n} for label, n in labels.most_common(15)]}
+
+    @app.get("/v1/jobs/{job}/throughput", tags=["jobs"], dependencies=[read])
+    def job_throughput(job: str, bins: Annotated[int, Query(ge=1, le=200)] = 24
+                       ) -> dict[str, Any]:
+        """Images per second and the share of failures over the job's life, from the time
+        each chunk was recorded done (the dashboard's chart)."""
+        return throughput(client.jobs, JOB_ID.check(job), bins)
 
     @app.get("/v1/watches", tags=["jobs"], dependencies=[read])
     def watches() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from rstream.shared.models.refs import ARCHS
 from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.training.config import MODES, PRESETS
-from rstream.shared.training.runs import TrainRuns
+from rstream.shared.training.runs import TrainRuns, run_report
 
 
 def add_parsers(commands: Commands) -> None:
@@ -34,6 +34,8 @@ def add_parsers(commands: Commands) -> None:
     p.add_argument("action", nargs="?", choices=("status",),
                    help="status: show (with --wait: follow) the run RUN")
     p.add_argument("run", nargs="?", help="with status: the run id `rstream train` printed")
+    p.add_argument("--json", action="store_true", help="with status: the run record as JSON "
+                   "(default: text, with the epochs and the confusion matrix)")
     p.add_argument("--name", help="model name to train and publish (default: "
                    "RSTREAM_TRAIN_MODEL)")
     p.add_argument("--data", help="labelled images, {data}/{class}/* or a JSONL labels "
@@ -128,7 +130,7 @@ def _train_status(args: argparse.Namespace, settings: Settings) -> int:
     state = training.run_state(client, args.run)
     if args.wait:
         return _follow(TrainRuns(client.jobs.redis), args.run)
-    print(json.dumps(state, indent=2, default=str))
+    print(json.dumps(state, indent=2, default=str) if args.json else run_report(args.run, state))
     return 0 if state.get("status") not in ("failed", "locked") else 1
 
 

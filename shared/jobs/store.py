@@ -281,7 +281,10 @@ class JobStore:
         InvalidMessage when the job record never sent this chunk: its counts are not touched.
         """
         key, sent, done, counts_key = self._keys(job)
-        args = [f"{chunk}:{generation}", chunk, json.dumps(counts), time.time(), self.ttl]
+        now = time.time()
+        # done_at: when this chunk's part was recorded, for the job's throughput over time
+        args = [f"{chunk}:{generation}", chunk, json.dumps({**counts, "done_at": now}), now,
+                self.ttl]
         finished = int(self._complete([key, done, counts_key, sent], args))
         if finished < 0:
             raise InvalidMessage(f"job {job} never sent chunk {chunk} (generation {generation})")

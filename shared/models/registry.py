@@ -127,6 +127,7 @@ class Registry:
             previous.append(str(pointer["version"]))
         new = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
                "reason": reason, "previous": previous[-self.history_limit:]}
+        new["events"] = self._events(pointer, "promote", new)
         self._write_pointer(name, new, etag)
         return new
 
@@ -142,8 +143,18 @@ class Registry:
         previous = list(pointer["previous"])
         new = {"version": previous.pop(), "promoted_at": datetime.now(UTC).isoformat(),
                "reason": reason, "previous": previous}
+        new["events"] = self._events(pointer, "rollback", new)
         self._write_pointer(name, new, etag)
         return new
+
+    def _events(self, pointer: dict[str, Any] | None, kind: str,
+                new: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pointer's change log with this change appended: the last ``history_limit``
+        promotions and rollbacks, each with its version, time and reason."""
+        events = list(pointer.get("events", [])) if pointer else []
+        events.append({"kind": kind, "version": new["version"], "at": new["promoted_at"],
+                       "reason": new["reason"]})
+        return events[-self.history_limit:]
 
     def _write_pointer(self, name: str, pointer: dict[str, Any], etag: str | None) -> None:
         # A conditional write, not a lock: the storage refuses the loser of a race

@@ -70,3 +70,39 @@ class TrainRuns:
     def get(self, run: str) -> dict[str, Any]:
         raw = self.redis.hgetall(TRAIN_RUN_KEY.format(run=run))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+def run_report(run: str, state: dict[str, Any]) -> str:
+    """A run as ``rstream train status`` prints it: the outcome, one line per epoch, and the
+    confusion matrix of the validation split with each class's accuracy."""
+    lines = [f"run {run}: {state.get('status', 'unknown')}"]
+    for key in ("name", "version", "parent", "reason", "val_accuracy", "production_accuracy",
+                "best_epoch"):
+        if state.get(key) is not None:
+            lines.append(f"{key}: {state[key]}")
+    history = state.get("history") or []
+    if history:
+        lines += ["", "epoch  train_loss  train_acc  select_loss  select_acc"]
+        for row in history:
+            mark = "  *" if row["epoch"] == state.get("best_epoch") else ""
+            lines.append(f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  "
+                         f"{row['train_accuracy']:>9.4f}  {row['select_loss']:>11.4f}  "
+                         f"{row['select_accuracy']:>10.4f}{mark}")
+    lines += confusion_lines(state.get("classes") or [], state.get("confusion") or [])
+    return "\n".join(lines)
+
+
+def confusion_lines(classes: list[str], confusion: list[list[int]]) -> list[str]:
+    """The confusion matrix as text: a row per true class, a column per predicted one, and
+    the row's accuracy (correct / images of that class)."""
+    if not classes or len(confusion) != len(classes):
+        return []
+    width = max(6, *(len(c) for c in classes))
+    out = ["", "confusion (rows: true class, columns: predicted) on the validation split",
+           " " * width + "".join(f"  {c:>{width}}" for c in classes) + "  accuracy"]
+    for i, (name, row) in enumerate(zip(classes, confusion, strict=True)):
+        total = sum(row)
+        accuracy = f"{row[i] / total:.4f}" if total else "-"
+        out.append(f"{name:>{width}}" + "".join(f"  {n:>{width}}" for n in row)
+                   + f"  {accuracy} ({row[i]}/{total})")
+    return out

@@ -15,7 +15,7 @@ import pytest
 
 from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
-from tests.api import ADMIN, READ, SUBMIT, cli, poll_done
+from tests.api import ADMIN, READ, SUBMIT, cells, cli, poll_done, render_page
 from tests.pipeline import save_tiny_model, write_dataset
 from tests.services import REPO, WorkerProcess, service_unavailable
 
@@ -180,9 +180,9 @@ def test_the_dashboard_shows_jobs_failures_labels_and_models(api_stack: dict[str
         try:
             flight = http.post("/v1/jobs", json={"source": prefix, "model": model,
                                                  "chunk_size": 4}).json()["job"]
-            dom = _render(chromium, f"{api_stack['open'].url}/#job={done}", tmp_path)
+            dom = render_page(chromium, f"{api_stack['open'].url}/#job={done}", tmp_path)
             shot = tmp_path / "dashboard.png"
-            _render(chromium, f"{api_stack['open'].url}/#job={done}", tmp_path, screenshot=shot)
+            render_page(chromium, f"{api_stack['open'].url}/#job={done}", tmp_path, screenshot=shot)
         finally:
             api_stack["worker"] = WorkerProcess(settings, tmp_path / "again.log", "api2")
             api_stack["worker"].wait_ready()
@@ -194,32 +194,12 @@ def test_the_dashboard_shows_jobs_failures_labels_and_models(api_stack: dict[str
     assert ">running<" in flight_row and "0/40" in flight_row
     failures = dom.split('id="failures"', 1)[1].split("</table>", 1)[0]
     assert failures.count('class="failure"') == len(summary["failures"]) >= 5
-    assert sum(int(c) for c in _cells(failures, "count")) == final["failed"] == 10
+    assert sum(int(c) for c in cells(failures, "count")) == final["failed"] == 10
     labels = dom.split('id="labels"', 1)[1].split("</section>", 1)[0]
-    assert sum(int(c) for c in _cells(labels, "count", tag="span")) == final["ok"] == 30
+    assert sum(int(c) for c in cells(labels, "count", tag="span")) == final["ok"] == 30
     assert f'data-model="{model.split("@")[0]}"' in dom and model.split("@")[1] in dom
     assert shot.stat().st_size > 10_000
     out = REPO / "docs" / "dashboard.png"
     if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):  # refresh docs/dashboard.png
         out.parent.mkdir(exist_ok=True)
         shutil.copy(shot, out)
-
-
-def _cells(html: str, cls: str, tag: str = "td") -> list[str]:
-    start = f'<{tag} class="{cls}">'
-    return [part.split("<", 1)[0] for part in html.split(start)[1:]]
-
-
-def _render(chromium: str, url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
-    """The page after its scripts ran (virtual time lets the fetches finish)."""
-    profile = tmp_path / f"profile-{uuid.uuid4().hex[:6]}"
-    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=8000",
-            "--window-size=1280,1500"]
-    args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=120,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-

@@ -306,8 +306,9 @@ def test_train_passes_data_and_checks_set_on_this_side(cli: Cli) -> None:
     [raw] = cli.redis().lrange(TRAIN_QUEUE, 0, -1)
     kwargs = json.loads(base64.b64decode(json.loads(raw)["body"]))[1]
     assert kwargs["data"] == "labelled/" and kwargs["overrides"] == {"batch_size": 8}
-    status = cli.run("train", "status", run)
+    status = cli.run("train", "status", run, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "queued"
+    assert cli.run("train", "status", run).stdout.startswith(f"run {run}: queued\n")
     one_line_error(cli.run("train", "--set", "foo=1"), "training option 'foo' is unknown")
     one_line_error(cli.run("train", "--set", "batch_size=abc"), "batch_size='abc' is invalid")
     one_line_error(cli.run("train", "--data", "../out"), "outside RSTREAM_STORAGE_ROOT")

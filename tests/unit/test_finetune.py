@@ -22,6 +22,7 @@ from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
 from rstream.shared.training.config import TrainConfig
+from rstream.shared.training.runs import run_report
 from rstream.shared.training.splits import is_validation
 from rstream.worker.finetune import dataset
 from rstream.worker.finetune.loop import prepare
@@ -148,6 +149,16 @@ def test_a_better_candidate_is_promoted(env: tuple[Settings, Storage, Registry])
     meta = registry.read_meta("tints", result["version"])
     assert meta["parent"] == f"tints@{untrained}"  # it started from production
     assert meta["gate"]["passed"] is True and meta["gate"]["production_version"] == untrained
+    # the confusion matrix is of the split the gate scored: its diagonal is per_class correct
+    confusion, per_class = meta["metrics"]["confusion"], meta["metrics"]["per_class"]
+    assert meta["metrics"]["classes"] == list(TINTS) == result["classes"]
+    assert [row[i] for i, row in enumerate(confusion)] == [per_class[c]["correct"] for c in TINTS]
+    assert [sum(row) for row in confusion] == [per_class[c]["count"] for c in TINTS]
+    assert len(result["history"]) == LEARNS["epochs"] == len(meta["training"]["history"])
+    report = run_report("train-x", {"status": result["status"], **result}).splitlines()
+    epochs = [line for line in report if line.split()[:1] and line.split()[0].isdigit()]
+    assert len(epochs) == LEARNS["epochs"] and epochs[result["best_epoch"] - 1].endswith("*")
+    assert report[-2].split()[:3] == ["blue", str(confusion[0][0]), str(confusion[0][1])]
 
 
 def test_a_candidate_that_loses_the_promotion_race_says_so_in_its_meta(

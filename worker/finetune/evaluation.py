@@ -1,4 +1,5 @@
-"""Evaluation with the serving preprocessing: accuracy, loss and per-class counts.
+"""Evaluation with the serving preprocessing: accuracy, loss, per-class counts and the
+confusion matrix.
 
 Training validates every epoch with it, and the promotion gate scores the candidate and the
 production model with it on the same validation split.
@@ -45,10 +46,13 @@ def evaluate(module: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tenso
              spec: Preprocessing,
              classes: Sequence[str], *, device: torch.device, dtype: torch.dtype | None
              ) -> dict[str, Any]:
-    """Accuracy, mean loss and per-class counts; labels the model lacks (-1) count as wrong."""
+    """Accuracy, mean loss, per-class counts and the confusion matrix (``confusion[t][p]``:
+    images of class ``t`` predicted ``p``); labels the model lacks (-1) count as wrong and stay
+    out of the matrix."""
     module.eval()
     counts = torch.zeros(len(classes), dtype=torch.long)
     correct = torch.zeros(len(classes), dtype=torch.long)
+    confusion = torch.zeros(len(classes) * len(classes), dtype=torch.long)
     loss_sum, seen, unknown = 0.0, 0, 0
     with torch.inference_mode():
         for images, labels in batches(loader, spec, device):
@@ -58,7 +62,11 @@ def evaluate(module: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tenso
             if known.any():
                 loss_sum += F.cross_entropy(logits[known].float(), labels[known],
                                             reduction="sum").item()
-            hits = (logits.argmax(1) == labels) & known
+            predicted = logits.argmax(1)
+            hits = (predicted == labels) & known
+            # row: the true class, column: the predicted one (flattened for one bincount)
+            pairs = (labels[known] * len(classes) + predicted[known]).cpu()
+            confusion += torch.bincount(pairs, minlength=len(classes) ** 2)
             counts += torch.bincount(labels[known].cpu(), minlength=len(classes))
             correct += torch.bincount(labels[hits].cpu(), minlength=len(classes))
             seen += len(labels)
@@ -70,5 +78,6 @@ def evaluate(module: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tenso
         "unknown_labels": unknown,
         "per_class": {name: {"count": int(n), "correct": int(c)}
                       for name, n, c in zip(classes, counts, correct, strict=True)},
+        "confusion": confusion.view(len(classes), len(classes)).tolist(),
     }
 

@@ -102,6 +102,7 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
         "parent": start.model_id,
         "metrics": {"val_accuracy": candidate["accuracy"], "val_loss": candidate["loss"],
                     "val_images": candidate["images"], "per_class": candidate["per_class"],
+                    "confusion": candidate["confusion"], "classes": run.classes,
                     "select_accuracy": chosen["accuracy"]},
         "training": {**run.describe(), "history": history, "best_epoch": chosen["epoch"]},
         "gate": {"passed": passed, "promoted": passed, "reason": reason,
@@ -125,7 +126,9 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
     return {"status": status, "name": name, "version": version, "parent": start.model_id,
             "reason": reason, "val_accuracy": candidate["accuracy"],
             "select_accuracy": chosen["accuracy"], "production_accuracy": production_acc,
-            "best_epoch": chosen["epoch"], "epochs_run": len(history),
+            "best_epoch": chosen["epoch"], "epochs_run": len(history), "history": history,
+            "classes": run.classes, "confusion": candidate["confusion"],
+            "per_class": candidate["per_class"],
             "fingerprint": run_print, "train_s": run.train_s}
 
 

@@ -54,6 +54,7 @@ from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageErr
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
+from rstream.shared.constants import IMAGE_FORMATS
 from rstream.shared.errors import ConfigError, ImageError
 
 # RSTREAM_MAX_IMAGE_PIXELS governs, checked on the header in _open on every path: Pillow's own
@@ -64,7 +65,7 @@ Image.MAX_IMAGE_PIXELS = None
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+ALLOWED_FORMATS = IMAGE_FORMATS
 PATHS = ("exact", "tensor", "draft")
 # The draft path decodes at a DCT scale that leaves at least this much shrinking to the bilinear
 # resize: a drafted image just above the target leaves the smoothing to the 4- or 8-pixel DCT

@@ -1,0 +1,178 @@
+"""The dashboard's gallery, review queue, throughput chart and model page in headless
+Chromium, against a real API, worker and Redis (the ``api_stack`` fixture), checked against
+the result lines and the run record; and the thumbnail route's rules over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from rstream.shared.models.registry import Registry
+from rstream.shared.storage import Storage, join
+from rstream.shared.training.config import TrainConfig
+from rstream.worker.finetune.run import run_finetune
+from tests.api import READ, SUBMIT_ONLY, cells, poll_done, render_page
+from tests.images import photo
+from tests.pipeline import write_dataset
+from tests.services import REPO, service_unavailable
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>.png"
+HOSTILE_LABEL = "<i>red"  # a class folder whose name is markup
+TINTS = {"blue": (0.25, 0.25, 1.0), HOSTILE_LABEL: (1.0, 0.25, 0.25)}
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        service_unavailable("chromium is not installed (apt-get install chromium)")
+    return str(found)
+
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (50, 40), rgb).save(out, "PNG")
+    return out.getvalue()
+
+
+def _scored_job(api_stack: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    settings = api_stack["settings"]
+    storage = Storage(settings)
+    prefix = f"gallery-{uuid.uuid4().hex[:6]}"
+    write_dataset(storage, prefix, good=12)
+    storage.write(join(prefix, HOSTILE_NAME), _png((10, 200, 10)))
+    with api_stack["open"].client() as http:
+        job = http.post("/v1/jobs", json={"source": prefix, "model": api_stack["model"]}
+                        ).json()["job"]
+        final = poll_done(http, job)
+        assert (final["ok"], final["failed"]) == (13, 10), final
+        lines = [json.loads(x) for x in
+                 http.get(f"/v1/jobs/{job}/results").text.splitlines()]
+    return job, lines
+
+
+def _tile_texts(dom: str) -> list[tuple[str, str, str]]:
+    """(name, label, prob) of each good tile, in page order, as the browser shows them."""
+    tiles = re.findall(r'<figure class="tile" data-image="[^"]+">(.*?)</figure>', dom, re.S)
+    shown = []
+    for tile in tiles:
+        name = tile.split('<div class="name">', 1)[1].split("</div>", 1)[0]
+        label = cells(tile, "label", tag="span")[0]
+        prob = cells(tile, "prob", tag="span")[0]
+        shown.append((html.unescape(name), html.unescape(label), prob))
+    return shown
+
+
+def test_the_gallery_the_review_queue_and_the_throughput_show_the_result_lines(
+        api_stack: dict[str, Any], tmp_path: Path) -> None:
+    chromium = _chromium()
+    job, lines = _scored_job(api_stack)
+    url = api_stack["open"].url
+    good = [line for line in lines if line["ok"]]
+    by_name = {line["uri"].rsplit("/", 1)[-1]: line for line in good}
+
+    dom = render_page(chromium, f"{url}/#job={job}", tmp_path, height=2600)
+    shown = _tile_texts(dom)
+    assert len(shown) == 13 and dom.count('class="tile bad"') == 10
+    for name, label, prob in shown:
+        top = by_name[name]["top"][0]
+        assert (label, prob) == (str(top["label"]), f"{top['prob']:.4f}")
+    # the markup in the file name is text: escaped in the DOM, no element made of it
+    assert html.escape(HOSTILE_NAME, quote=False) in dom and "<img src=\"x\"" not in dom
+    assert 'onerror="alert' not in dom
+    reasons = cells(dom, "reason", tag="div")
+    assert len(reasons) == 10
+    assert {html.unescape(r) for r in reasons} == {
+        f"{line['error']['type']}: {line['error']['message']}" for line in lines
+        if not line["ok"]}
+    assert dom.count('data-series="images/s"') == 1 and dom.count('data-series="failed share"') == 1
+
+    review = render_page(chromium, f"{url}/#job={job}&review=1", tmp_path, height=2600)
+    least = sorted(good, key=lambda line: line["top"][0]["prob"])[:10]
+    assert [p for _, _, p in _tile_texts(review)] == [f"{line['top'][0]['prob']:.4f}"
+                                                      for line in least]
+    if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):
+        shot = tmp_path / "gallery.png"
+        render_page(chromium, f"{url}/#job={job}", tmp_path, screenshot=shot, height=2600)
+        assert shot.stat().st_size > 10_000
+        shutil.copy(shot, REPO / "docs" / "gallery.png")
+
+
+def test_thumbnails_serve_only_the_jobs_own_images_to_a_read_token(
+        api_stack: dict[str, Any]) -> None:
+    job, lines = _scored_job(api_stack)
+    api = api_stack["guarded"]
+    with api.client(READ) as reader, api.client(SUBMIT_ONLY) as writer, api.client() as nobody:
+        page = reader.get(f"/v1/jobs/{job}/gallery", params={"limit": 200}).json()
+        assert page["images"] == len(lines) == 23
+        item = next(i for i in page["items"] if i["ok"])
+        path = f"/v1/jobs/{job}/images/{item['image']}/thumbnail"
+        shown = reader.get(path)
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+        assert shown.headers["cache-control"] == "private, max-age=300"
+        with Image.open(io.BytesIO(shown.content)) as img:
+            assert img.format == "JPEG" and max(img.size) <= 160
+        assert "x-rstream-placeholder" not in shown.headers
+        assert nobody.get(path).status_code == 401
+        assert writer.get(path).status_code == 403
+        bad = next(i for i in page["items"] if not i["ok"] and "empty" in i["name"])
+        placeholder = reader.get(f"/v1/jobs/{job}/images/{bad['image']}/thumbnail")
+        assert placeholder.status_code == 200 and placeholder.headers["x-rstream-placeholder"]
+        for image in ("99-0", "0-999", "..%2F..%2Fetc%2Fpasswd", "0-0-0"):
+            assert reader.get(f"/v1/jobs/{job}/images/{image}/thumbnail").status_code == 404
+        assert reader.get(path, params={"size": 4000}).status_code == 422
+
+
+def _tinted(root: Path) -> None:
+    for label, tint in TINTS.items():
+        folder = root / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(12):
+            rgb = photo(("astronaut", "coffee", "chelsea")[i % 3], (40, 40)).convert("RGB")
+            pixels = np.asarray(rgb, dtype=np.float32) * np.array(tint, dtype=np.float32)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_the_model_page_draws_the_run_and_its_confusion_matrix(
+        api_stack: dict[str, Any], tmp_path: Path) -> None:
+    chromium = _chromium()
+    settings = api_stack["settings"]
+    storage = Storage(settings)
+    registry = Registry(storage, settings.models)
+    name = f"tint{uuid.uuid4().hex[:4]}"
+    _tinted(Path(settings.storage_root) / name)
+    here = dataclasses.replace(settings, train_data=f"{name}/train")
+    trained = run_finetune(here, storage, registry, name, TrainConfig(
+        mode="finetune", epochs=3, batch_size=8, resize=36, crop=32, val_percent=25,
+        patience=0, device="cpu"), start_ref="random:resnet18:classes=2:seed=0")
+    assert trained["status"] == "promoted" and len(trained["history"]) == 3
+    classes, confusion = trained["classes"], trained["confusion"]
+
+    dom = render_page(chromium, f"{api_stack['open'].url}/#model={name}", tmp_path, height=2200)
+    run = dom.split('class="run"', 1)[1]
+    assert f"Epoch chosen: {trained['best_epoch']} of 3" in run
+    assert run.count('data-series="train loss"') == 1
+    assert run.count('data-series="selection accuracy"') == 1
+    assert [int(c) for c in re.findall(r'<td class="cm(?: diag)?">(\d+)</td>', run)] == [
+        n for row in confusion for n in row]
+    shown = cells(run, "class-accuracy")
+    assert shown == [f"{100 * row[i] / sum(row):.1f}%" for i, row in enumerate(confusion)]
+    assert html.escape(HOSTILE_LABEL, quote=False) in run and "<i>red" not in run
+    assert f"validation accuracy {trained['val_accuracy']:.4f}" in run
+    assert 'class="promote"' in dom and trained["version"] in dom
+    assert set(classes) == set(TINTS)
+    if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):
+        shot = tmp_path / "model.png"
+        render_page(chromium, f"{api_stack['open'].url}/#model={name}", tmp_path,
+                    screenshot=shot, height=2200)
+        shutil.copy(shot, REPO / "docs" / "model.png")
