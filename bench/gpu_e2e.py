@@ -120,10 +120,9 @@ def _forward(opts: argparse.Namespace, limit_s: int) -> dict[str, Any]:
     return result
 
 
-def _probe_batch(opts: argparse.Namespace, size: tuple[int, int], count: int) -> list[Any]:
+def _raws(datas: list[bytes]) -> list[Any]:
     from rstream.worker.model.batch_decode import Raw
-    from tests.probe import probe_jpegs
-    return [Raw(data, 100_000_000) for data in probe_jpegs(count, size)]
+    return [Raw(data, 100_000_000) for data in datas]
 
 
 def _repeat_check(opts: argparse.Namespace, limit_s: int) -> dict[str, Any]:
@@ -132,7 +131,8 @@ def _repeat_check(opts: argparse.Namespace, limit_s: int) -> dict[str, Any]:
     from rstream.worker.model.batch_decode import preprocess_batch
     from rstream.worker.model.preprocess import Preprocessing
     device, spec = torch.device(opts.device), Preprocessing()
-    raws = _probe_batch(opts, SIZES["1920x1080"], 4 if opts.smoke else 64)
+    from tests.probe import probe_jpegs
+    raws = _raws(probe_jpegs(4 if opts.smoke else 64, SIZES["1920x1080"]))
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     first, _ = preprocess_batch(raws, spec, device, dtype=dtype, stream=stream)
@@ -164,10 +164,8 @@ def _agreement(opts: argparse.Namespace, limit_s: int) -> dict[str, Any]:
     for name, batch in datas.items():
         expected = probe.top1(references[name])
         got = []
-        from rstream.worker.model.batch_decode import Raw
         for start in range(0, len(batch), 64):
-            raws = [Raw(d, 100_000_000) for d in batch[start:start + 64]]
-            x, errors = preprocess_batch(raws, spec, device,
+            x, errors = preprocess_batch(_raws(batch[start:start + 64]), spec, device,
                                          memory_format=torch.contiguous_format)
             assert x is not None and not any(errors), errors
             got.append(probe.top1(x.float().cpu()))

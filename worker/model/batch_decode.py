@@ -42,17 +42,15 @@ import torch
 from PIL import ExifTags, Image, JpegImagePlugin
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as F
 
 from rstream.shared.errors import ConfigError, ImageError
 from rstream.worker.model.preprocess import (
     Preprocessing,
-    crop_origin,
     decode_image,
     error_reason,
     normalize,
     read_header,
-    resized_size,
+    resize_crop,
 )
 from rstream.worker.runtime import metrics
 
@@ -207,7 +205,7 @@ def _decode_split(raws: list[Raw], spec: Preprocessing,
                 _decode_split(raws[half:], spec, device)
         return [_on_the_cpu(raws[0], spec, device, error_reason(exc))]
     metrics.DECODE_PATH.labels("device").inc(len(raws))
-    return [_resize_crop(image, spec) for image in pixels]
+    return [resize_crop(image, spec) for image in pixels]
 
 
 def _on_the_cpu(raw: Raw, spec: Preprocessing, device: torch.device,
@@ -220,11 +218,3 @@ def _on_the_cpu(raw: Raw, spec: Preprocessing, device: torch.device,
         return ImageError(f"undecodable JPEG: {exc} (the device decoder said: {refusal})")
     metrics.DECODE_PATH.labels("fallback").inc()
     return crop.to(device)
-
-
-def _resize_crop(image: Tensor, spec: Preprocessing) -> Tensor:
-    height, width = image.shape[-2:]
-    new_w, new_h = resized_size(width, height, spec.resize)
-    image = F.resize(image, [new_h, new_w], antialias=True)
-    left, top = crop_origin(new_w, spec.crop), crop_origin(new_h, spec.crop)
-    return image[:, top:top + spec.crop, left:left + spec.crop]

@@ -297,12 +297,18 @@ def _decode_tensor(img: Image.Image, data: bytes, spec: Preprocessing) -> torch.
         # bytearray: decode_jpeg wants a writable buffer (a copy of the compressed bytes only)
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         pixels = decode_jpeg(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    # numpy makes the copy of the crop (a view until then): see "Threads" above
+    return torch.from_numpy(np.ascontiguousarray(resize_crop(pixels, spec).numpy()))
+
+
+def resize_crop(pixels: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` on any device -> a view of its ``[3, crop, crop]`` center after
+    torchvision's antialiased resize of the shorter side (the tensor and batched paths)."""
     height, width = pixels.shape[-2:]
     new_w, new_h = resized_size(width, height, spec.resize)
     pixels = F.resize(pixels, [new_h, new_w], antialias=True)
     left, top = crop_origin(new_w, spec.crop), crop_origin(new_h, spec.crop)
-    crop = pixels.numpy()[:, top:top + spec.crop, left:left + spec.crop]
-    return torch.from_numpy(np.ascontiguousarray(crop))
+    return pixels[:, top:top + spec.crop, left:left + spec.crop]
 
 
 _DECODERS: dict[str, Callable[[Image.Image, bytes, Preprocessing], torch.Tensor]] = {
