@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from rstream.shared.storage import Storage, join
 from rstream.shared.training.config import TrainConfig
 from rstream.worker.finetune.run import run_finetune
 from tests.api import READ, SUBMIT_ONLY, cells, poll_done, render_page
+from tests.browser import Browser
 from tests.images import photo
 from tests.pipeline import write_dataset
 from tests.services import REPO, service_unavailable
@@ -73,34 +75,72 @@ def _tile_texts(dom: str) -> list[tuple[str, str, str]]:
     return shown
 
 
-def test_the_gallery_the_review_queue_and_the_throughput_show_the_result_lines(
+TILES = "document.querySelectorAll('figure.tile').length"
+
+
+def _probs(dom: str) -> list[str]:
+    return [p for _, _, p in _tile_texts(dom)]
+
+
+def test_the_gallery_its_controls_and_the_throughput_show_the_result_lines(
         api_stack: dict[str, Any], tmp_path: Path) -> None:
     chromium = _chromium()
     job, lines = _scored_job(api_stack)
     url = api_stack["open"].url
     good = [line for line in lines if line["ok"]]
     by_name = {line["uri"].rsplit("/", 1)[-1]: line for line in good}
+    by_prob = sorted(good, key=lambda line: line["top"][0]["prob"])
 
-    dom = render_page(chromium, f"{url}/#job={job}", tmp_path, height=2600)
-    shown = _tile_texts(dom)
-    assert len(shown) == 13 and dom.count('class="tile bad"') == 10
-    for name, label, prob in shown:
-        top = by_name[name]["top"][0]
-        assert (label, prob) == (str(top["label"]), f"{top['prob']:.4f}")
-    # the markup in the file name is text: escaped in the DOM, no element made of it
-    assert html.escape(HOSTILE_NAME, quote=False) in dom and "<img src=\"x\"" not in dom
-    assert 'onerror="alert' not in dom
-    reasons = cells(dom, "reason", tag="div")
-    assert len(reasons) == 10
-    assert {html.unescape(r) for r in reasons} == {
-        f"{line['error']['type']}: {line['error']['message']}" for line in lines
-        if not line["ok"]}
-    assert dom.count('data-series="images/s"') == 1 and dom.count('data-series="failed share"') == 1
+    with Browser(chromium, tmp_path / "profile", height=2600) as page:
+        page.open(f"{url}/#job={job}")
+        page.wait_for(f"{TILES} === 23")
+        dom = page.dom()
+        shown = _tile_texts(dom)
+        assert len(shown) == 13 and dom.count('class="tile bad"') == 10
+        for name, label, prob in shown:
+            top = by_name[name]["top"][0]
+            assert (label, prob) == (str(top["label"]), f"{top['prob']:.4f}")
+        # the markup in the file name is text: escaped in the DOM, no element made of it
+        assert html.escape(HOSTILE_NAME, quote=False) in dom and "<img src=\"x\"" not in dom
+        assert 'onerror="alert' not in dom
+        reasons = cells(dom, "reason", tag="div")
+        assert {html.unescape(r) for r in reasons} == {
+            f"{line['error']['type']}: {line['error']['message']}" for line in lines
+            if not line["ok"]} and len(reasons) == 10
+        assert dom.count('data-series="images/s"') == 1
+        assert dom.count('data-series="failed share"') == 1
 
-    review = render_page(chromium, f"{url}/#job={job}&review=1", tmp_path, height=2600)
-    least = sorted(good, key=lambda line: line["top"][0]["prob"])[:10]
-    assert [p for _, _, p in _tile_texts(review)] == [f"{line['top'][0]['prob']:.4f}"
-                                                      for line in least]
+        # one click: the ten least certain; the pager's next page continues that order
+        page.click("#review")
+        page.wait_for(f"{TILES} === 10")
+        assert _probs(page.dom()) == [f"{line['top'][0]['prob']:.4f}" for line in by_prob[:10]]
+        page.click("#next")
+        page.wait_for("document.getElementById('page').textContent.trim() === '11-20'")
+        after = page.dom()
+        assert _probs(after) == [f"{line['top'][0]['prob']:.4f}" for line in by_prob[10:]]
+        assert after.count('class="tile bad"') == 10 - len(by_prob[10:])  # failures go last
+
+        # a tile opens larger, with its top-k
+        first = re.search(r'<figure class="tile" data-image="([^"]+)">', after)
+        assert first is not None
+        page.click(f'figure.tile[data-image="{first[1]}"]')
+        page.wait_for("document.querySelector('#zoom ol.topk') !== null")
+        page.wait_for("(document.querySelector('#zoom img').src || '').startsWith('blob:')")
+        zoomed = page.dom().split('<div id="zoom">', 1)[1].split('</div>', 1)[0]
+        top = by_prob[10]["top"]
+        assert [html.unescape(x) for x in cells(zoomed, "label", tag="span")] == [
+            str(t["label"]) for t in top]
+        assert cells(zoomed, "prob", tag="span") == [f"{t['prob']:.4f}" for t in top]
+
+        # the label filter: only that label's images, counted over the whole job
+        label = Counter(str(line["top"][0]["label"]) for line in good).most_common(1)[0][0]
+        of_label = [line for line in by_prob if str(line["top"][0]["label"]) == label]
+        page.choose("#label-filter", label)
+        page.wait_for("document.getElementById('gallery-count').textContent"
+                      f".startsWith('{len(of_label)} of 23 ')")
+        assert _probs(page.dom()) == [f"{line['top'][0]['prob']:.4f}"
+                                      for line in of_label[:10]]
+        assert {lab for _, lab, _ in _tile_texts(page.dom())} == {label}
     if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):
         shot = tmp_path / "gallery.png"
         render_page(chromium, f"{url}/#job={job}", tmp_path, screenshot=shot, height=2600)

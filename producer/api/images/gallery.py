@@ -7,13 +7,14 @@ the thumbnail route takes that name back and reads the URI from the record itsel
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rstream.shared.errors import NotFoundError
+from rstream.shared.errors import ConfigError, NotFoundError
 from rstream.shared.jobs.inputs import InputRecord
 from rstream.shared.jobs.results import part_uri, read_part
 from rstream.shared.jobs.store import Job
@@ -73,6 +74,9 @@ def _item(image: str, line: dict[str, Any]) -> dict[str, Any]:
             "prob": None, "error": line["error"]}
 
 
+SORTED_WINDOW = 10_000  # the deepest a sorted page reaches: memory stays O(window), not O(job)
+
+
 @dataclass(frozen=True)
 class Query:
     """What the gallery shows: a top-1 label (None: all), failed images only, the order
@@ -84,29 +88,55 @@ class Query:
     offset: int = 0
     limit: int = 48
 
+    def __post_init__(self) -> None:
+        if self.sort != "order" and self.offset + self.limit > SORTED_WINDOW:
+            raise ConfigError(
+                f"offset+limit={self.offset + self.limit}: a page sorted by probability reaches "
+                f"the first {SORTED_WINDOW:,} images of the order; filter by label, or page "
+                "in input order (sort=order), which reaches every image")
+
+    def wants(self, item: dict[str, Any]) -> bool:
+        if self.failed and item["ok"]:
+            return False
+        return self.label is None or item["label"] == self.label
+
 
 def page(found: Iterator[dict[str, Any]], query: Query) -> dict[str, Any]:
-    """One page of the gallery and the label counts of the whole job (for the filter)."""
+    """One page of the gallery and the label counts of the whole job (for the filter).
+
+    One pass over the job that keeps at most one page (input order) or the first
+    ``offset + limit`` of the order (sorted, at most SORTED_WINDOW): a job of millions of
+    images is paged without holding its items."""
     labels: Counter[str] = Counter()
-    chosen, total, failed = [], 0, 0
-    for item in found:
-        total += 1
-        if item["ok"]:
-            labels[item["label"]] += 1
-        else:
-            failed += 1
-        if query.failed and item["ok"]:
-            continue
-        if query.label is not None and item["label"] != query.label:
-            continue
-        chosen.append(item)
-    if query.sort != "order":
-        # Failed images have no probability: they go last in either order.
+    counts = {"images": 0, "failed": 0, "matched": 0}
+
+    def matching() -> Iterator[dict[str, Any]]:
+        for item in found:
+            counts["images"] += 1
+            if item["ok"]:
+                labels[item["label"]] += 1
+            else:
+                counts["failed"] += 1
+            if query.wants(item):
+                counts["matched"] += 1
+                yield item
+
+    end = query.offset + query.limit
+    if query.sort == "order":
+        shown = [item for n, item in enumerate(matching()) if query.offset <= n < end]
+    else:
+        # Failed images have no probability: they go last in either order. nsmallest is
+        # stable, like sorted(), so equal probabilities keep their input order.
         sign = 1 if query.sort == "prob" else -1
-        chosen.sort(key=lambda i: (not i["ok"], sign * i["prob"] if i["ok"] else 0.0))
-    return {"images": total, "failed": failed, "matched": len(chosen),
-            "labels": [{"label": k, "count": n} for k, n in labels.most_common()],
-            "offset": query.offset,
-            "next": query.offset + query.limit if query.offset + query.limit < len(chosen)
-            else None,
-            "items": chosen[query.offset:query.offset + query.limit]}
+        shown = heapq.nsmallest(end, matching(), key=lambda i: (
+            not i["ok"], sign * i["prob"] if i["ok"] else 0.0))[query.offset:]
+    return {**counts, "labels": [{"label": k, "count": n} for k, n in labels.most_common()],
+            "offset": query.offset, "next": _next(query, counts["matched"]), "items": shown}
+
+
+def _next(query: Query, matched: int) -> int | None:
+    """The next page's offset; None at the end, and where a sorted page would pass the window."""
+    end = query.offset + query.limit
+    if end >= matched or (query.sort != "order" and end + query.limit > SORTED_WINDOW):
+        return None
+    return end
