@@ -84,8 +84,9 @@ def model_versions(registry: Registry, name: str) -> dict[str, Any]:
 
 def _run_of(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The fine-tune run that made a version (None for an imported one): its options, the
-    figures of each epoch, the epoch chosen, the gate with both figures, and the confusion
-    matrix of the validation split."""
+    figures of each epoch, the epoch chosen, the gate with both figures, the confusion
+    matrix of the validation split, and the per-class counts of the production version it
+    was gated against on that same split (None when there was none)."""
     training, metrics, gate = meta.get("training"), meta.get("metrics", {}), meta.get("gate", {})
     if not training:
         return None
@@ -95,7 +96,8 @@ def _run_of(meta: dict[str, Any]) -> dict[str, Any] | None:
                                               "production_version", "production_accuracy")},
             "val_accuracy": metrics.get("val_accuracy"),
             "classes": metrics.get("classes", meta.get("classes", [])),
-            "confusion": metrics.get("confusion"), "per_class": metrics.get("per_class")}
+            "confusion": metrics.get("confusion"), "per_class": metrics.get("per_class"),
+            "production_per_class": (gate.get("production_eval") or {}).get("per_class")}
 
 
 def promote(registry: Registry, name: str, version: str) -> tuple[dict[str, Any], bool]:

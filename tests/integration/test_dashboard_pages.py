@@ -176,7 +176,7 @@ def test_thumbnails_serve_only_the_jobs_own_images_to_a_read_token(
 def _tinted(root: Path) -> None:
     for label, tint in TINTS.items():
         folder = root / "train" / label
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         for i in range(12):
             rgb = photo(("astronaut", "coffee", "chelsea")[i % 3], (40, 40)).convert("RGB")
             pixels = np.asarray(rgb, dtype=np.float32) * np.array(tint, dtype=np.float32)
@@ -190,16 +190,30 @@ def test_the_model_page_draws_the_run_and_its_confusion_matrix(
     storage = Storage(settings)
     registry = Registry(storage, settings.models)
     name = f"tint{uuid.uuid4().hex[:4]}"
-    _tinted(Path(settings.storage_root) / name)
-    here = dataclasses.replace(settings, train_data=f"{name}/train")
+    # a fixed folder: the splits are drawn from the URIs, so they are the same on every run
+    _tinted(Path(settings.storage_root) / "tinted")
+    here = dataclasses.replace(settings, train_data="tinted/train")
     trained = run_finetune(here, storage, registry, name, TrainConfig(
         mode="finetune", epochs=3, batch_size=8, resize=36, crop=32, val_percent=25,
         patience=0, device="cpu"), start_ref="random:resnet18:classes=2:seed=0")
     assert trained["status"] == "promoted" and len(trained["history"]) == 3
     classes, confusion = trained["classes"], trained["confusion"]
+    # a second run, gated against the first on the same split: the page compares each class
+    again = run_finetune(here, storage, registry, name, TrainConfig(
+        mode="finetune", epochs=1, batch_size=8, resize=36, crop=32, val_percent=25,
+        patience=0, device="cpu"), force=True)
+    before = registry.read_meta(name, again["version"])["gate"]["production_eval"]["per_class"]
 
-    dom = render_page(chromium, f"{api_stack['open'].url}/#model={name}", tmp_path, height=2200)
-    run = dom.split('class="run"', 1)[1]
+    dom = render_page(chromium, f"{api_stack['open'].url}/#model={name}", tmp_path, height=2600)
+    newest, run = dom.split('class="run"')[1:3]  # newest first
+    assert again["version"] in newest and '<td class="production-accuracy">' not in run
+    was = [before[c]["correct"] / before[c]["count"] for c in again["classes"]]
+    now = [row[i] / sum(row) for i, row in enumerate(again["confusion"])]
+    assert cells(newest, "production-accuracy") == [f"{100 * w:.1f}%" for w in was]
+    changes = [html.unescape(c) for c in re.findall(
+        r'<td class="class-change(?: better| worse)?">([^<]*)</td>', newest)]
+    assert changes == [f"{'+' if n > w else ''}{100 * (n - w):.1f} pt"
+                       for n, w in zip(now, was, strict=True)]
     assert f"Epoch chosen: {trained['best_epoch']} of 3" in run
     assert run.count('data-series="train loss"') == 1
     assert run.count('data-series="selection accuracy"') == 1
@@ -214,5 +228,5 @@ def test_the_model_page_draws_the_run_and_its_confusion_matrix(
     if os.environ.get("SAVE_DASHBOARD_SCREENSHOT"):
         shot = tmp_path / "model.png"
         render_page(chromium, f"{api_stack['open'].url}/#model={name}", tmp_path,
-                    screenshot=shot, height=2200)
+                    screenshot=shot, height=2600)
         shutil.copy(shot, REPO / "docs" / "model.png")
