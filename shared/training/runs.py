@@ -88,21 +88,31 @@ def run_report(run: str, state: dict[str, Any]) -> str:
             lines.append(f"{row['epoch']:>5}  {row['train_loss']:>10.4f}  "
                          f"{row['train_accuracy']:>9.4f}  {row['select_loss']:>11.4f}  "
                          f"{row['select_accuracy']:>10.4f}{mark}")
-    lines += confusion_lines(state.get("classes") or [], state.get("confusion") or [])
+    lines += confusion_lines(state.get("classes") or [], state.get("confusion") or [],
+                             state.get("production_per_class"))
     return "\n".join(lines)
 
 
-def confusion_lines(classes: list[str], confusion: list[list[int]]) -> list[str]:
-    """The confusion matrix as text: a row per true class, a column per predicted one, and
-    the row's accuracy (correct / images of that class)."""
+def confusion_lines(classes: list[str], confusion: list[list[int]],
+                    production: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """The confusion matrix as text: a row per true class, a column per predicted one, the
+    row's accuracy (correct / images of that class), and the production version's accuracy
+    on the same split where the run was gated against one."""
     if not classes or len(confusion) != len(classes):
         return []
     width = max(6, *(len(c) for c in classes))
     out = ["", "confusion (rows: true class, columns: predicted) on the validation split",
-           " " * width + "".join(f"  {c:>{width}}" for c in classes) + "  accuracy"]
+           " " * width + "".join(f"  {c:>{width}}" for c in classes) + "  accuracy"
+           + ("  production" if production else "")]
     for i, (name, row) in enumerate(zip(classes, confusion, strict=True)):
-        total = sum(row)
-        accuracy = f"{row[i] / total:.4f}" if total else "-"
-        out.append(f"{name:>{width}}" + "".join(f"  {n:>{width}}" for n in row)
-                   + f"  {accuracy} ({row[i]}/{total})")
+        line = (f"{name:>{width}}" + "".join(f"  {n:>{width}}" for n in row)
+                + f"  {_share(row[i], sum(row))}")
+        if production:
+            was = production.get(name, {})
+            line += f"  {_share(was.get('correct', 0), was.get('count', 0))}"
+        out.append(line)
     return out
+
+
+def _share(correct: int, total: int) -> str:
+    return f"{correct / total:.4f} ({correct}/{total})" if total else "-"

@@ -159,6 +159,9 @@ def test_a_better_candidate_is_promoted(env: tuple[Settings, Storage, Registry])
     epochs = [line for line in report if line.split()[:1] and line.split()[0].isdigit()]
     assert len(epochs) == LEARNS["epochs"] and epochs[result["best_epoch"] - 1].endswith("*")
     assert report[-2].split()[:3] == ["blue", str(confusion[0][0]), str(confusion[0][1])]
+    was = result["production_per_class"]["blue"]  # the untrained one, on the same split
+    assert report[-2].endswith(f"{was['correct'] / was['count']:.4f} "
+                               f"({was['correct']}/{was['count']})")
 
 
 def test_a_candidate_that_loses_the_promotion_race_says_so_in_its_meta(

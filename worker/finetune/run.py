@@ -129,6 +129,7 @@ def run_finetune(settings: Settings, storage: Storage, registry: Registry, name:
             "best_epoch": chosen["epoch"], "epochs_run": len(history), "history": history,
             "classes": run.classes, "confusion": candidate["confusion"],
             "per_class": candidate["per_class"],
+            "production_per_class": production_eval["per_class"] if production_eval else None,
             "fingerprint": run_print, "train_s": run.train_s}
 
 
