@@ -32,7 +32,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from bench.services import emit, machine, moto_server
+from bench.report import emit, machine
+from bench.services import moto_server
 from rstream.producer import monitor
 from rstream.producer.client import Client
 from rstream.producer.submit import resume, submit

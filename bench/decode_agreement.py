@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from bench.report import emit
 from rstream.worker.model import preprocess
 from rstream.worker.model.preprocess import (
     Preprocessing,
@@ -179,11 +179,7 @@ def main() -> None:
               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "seconds": round(time.monotonic() - started, 1),
               "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as out:
-            out.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

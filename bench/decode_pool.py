@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from bench.services import emit, machine
+from bench.report import emit, machine
 from rstream.worker.model.preprocess import Preprocessing, decode_image
 from tests.images import PHOTOS, jpeg_bytes, photo
 

@@ -38,8 +38,10 @@ profile of fetch and decode.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,9 +55,9 @@ from typing import Any
 import boto3
 
 from bench.dataloader_peer import DataLoaderPeer
+from bench.report import machine
 from bench.services import (
     cpu_seconds,
-    machine,
     moto_server,
     node_name,
     redis_server,
@@ -101,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-device", default="auto",
                         help="rstream's RSTREAM_DECODE_DEVICE: auto, cpu, cuda or batched")
     parser.add_argument("--precision", default="auto", help="rstream's RSTREAM_PRECISION")
+    parser.add_argument("--images-cache", default="",
+                        help="with --storage local: a folder that keeps the generated JPEGs "
+                             "between runs (hard links), so a series of runs makes them once")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--max-delay-ms", type=float, default=10.0)
@@ -143,15 +148,44 @@ def write_images(settings: Settings, opts: argparse.Namespace, images: int,
             "s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1")
         if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
             s3.create_bucket(Bucket=BUCKET)
+    if opts.images_cache and opts.storage == "local":
+        return prefix, _cached_images(settings, opts, images, name, seed)
+    return prefix, _made_images(settings, prefix, images, (width, height), seed)
+
+
+def _cached_images(settings: Settings, opts: argparse.Namespace, images: int, name: str,
+                   seed: int) -> list[str]:
+    """The JPEGs of ``write_images`` hard-linked from ``--images-cache``, made there first
+    when that size, count and seed are not there yet."""
+    width, height = (int(v) for v in opts.size.lower().split("x"))
+    kept = Path(opts.images_cache) / f"{width}x{height}-{images}-{seed}"
+    if not (kept / ".complete").exists():
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.mkdir(parents=True)
+        cache_settings = dataclasses.replace(settings, storage_root=str(kept))
+        _made_images(cache_settings, "", images, (width, height), seed)
+        (kept / ".complete").touch()
+    uris = []
+    for file in sorted(f for f in kept.rglob("*") if f.is_file() and f.name != ".complete"):
+        relative = file.relative_to(kept).as_posix()
+        target = Path(settings.storage_root) / name / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(file, target)
+        uris.append(f"{name}/{relative}")
+    return uris
+
+
+def _made_images(settings: Settings, prefix: str, images: int, size: tuple[int, int],
+                 seed: int) -> list[str]:
     storage = Client(settings).storage
     # Made in parallel (PIL releases the GIL) under one sub-prefix per thread, each its own seed.
     parts = min(8, os.cpu_count() or 1, images)
     counts = [images // parts + (i < images % parts) for i in range(parts)]
     with ThreadPoolExecutor(parts) as pool:
         uris = pool.map(lambda i: write_samples(storage, f"{prefix}p{i}/", counts[i],
-                                                size=(width, height), seed=seed + i),
+                                                size=size, seed=seed + i),
                         range(parts))
-        return prefix, sorted(u for part in uris for u in part)
+        return sorted(u for part in uris for u in part)
 
 
 def overhead_images(opts: argparse.Namespace) -> int:

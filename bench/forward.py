@@ -19,7 +19,6 @@ sizes), so the device script is rehearsed before a GPU is at hand.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bench.report import emit
 from rstream.worker.model import quantize
 from rstream.worker.model.compiled import CompiledPredictor
 from rstream.worker.model.export import onnx_bytes
@@ -180,11 +180,7 @@ def main() -> None:
         report["onnxruntime"] = onnxruntime.__version__
         report["results"] = [cpu_suite(a, opts) for a in opts.archs.split(",")]
     report["seconds"] = round(time.monotonic() - started, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if opts.out:
-        with open(opts.out, "w") as out:
-            out.write(text + "\n")
+    emit(report, opts.out)
 
 
 if __name__ == "__main__":

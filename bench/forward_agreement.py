@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from bench.report import emit
 from rstream.worker.model import quantize
 from rstream.worker.model.compiled import CompiledPredictor
 from rstream.worker.model.export import onnx_bytes
@@ -153,11 +154,7 @@ def main() -> None:
               **measure(images, calibration, spec, probes=args.probes, variants=variants,
                         device=device),
               "seconds": round(time.monotonic() - started, 1)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as out:
-            out.write(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

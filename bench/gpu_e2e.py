@@ -33,10 +33,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.report import emit
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"500x375": (500, 375), "1920x1080": (1920, 1080)}
@@ -73,11 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     report["e2e"] = _step("e2e", 1500, _e2e, opts)
     report["cuda_tests"] = _step("cuda_tests", 300, _cuda_tests, opts)
     report["targets"] = _targets(report)
-    text = json.dumps(report, indent=2)
-    if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(text + "\n")
-    print(text)
+    emit(report, opts.out)
 
 
 def _step(name: str, limit_s: int, run: Any, opts: argparse.Namespace) -> dict[str, Any]:
@@ -181,31 +180,33 @@ def _e2e(opts: argparse.Namespace, limit_s: int) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     stop_at = time.monotonic() + limit_s
     sizes = ["500x375"] if opts.smoke else list(SIZES)  # smoke: each code path once
-    for arch in opts.archs.split(","):
-        for size in sizes:
-            for decode in ("cpu", opts.gpu_decode):
-                key = f"{arch}_{size}_{decode}"
-                left = int(stop_at - time.monotonic())
-                if left < 30:
-                    runs[key] = {"error": "no time left in the e2e step"}
-                    continue
-                args = ["-m", "bench.e2e", "--storage", "local", "--device", opts.device,
-                        "--arch", arch, "--size", size, "--images", str(opts.images[size]),
-                        "--decode-device", decode, "--repeats", "1", "--overhead-images", "0",
-                        "--max-batch", str(opts.batch), "--chunk-size", str(opts.batch),
-                        "--bare-images", str(min(opts.images[size], 2 * opts.batch)),
-                        "--loader-workers", str(cores)]
-                if not opts.smoke:
-                    args += ["--precision", "fp16", "--concurrency", "4",
-                             "--decode-threads", str(max(1, cores - 2)), "--torch-threads", "4"]
-                if decode != "cpu":
-                    args.append("--no-dataloader")  # the loop does not change with our decode
-                with _Utilization() as gpu:
-                    try:
-                        out = json.loads(_python(args, min(left, 600)))
-                        runs[key] = {"summary": out["summary"], "utilization": gpu.summary()}
-                    except Exception as exc:
-                        runs[key] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    # the JPEGs of each size are made once, in the first run, and linked into the others
+    with tempfile.TemporaryDirectory(prefix="rstream-e2e-images-") as cache:
+        for arch in opts.archs.split(","):
+            for size in sizes:
+                for decode in ("cpu", opts.gpu_decode):
+                    key = f"{arch}_{size}_{decode}"
+                    left = int(stop_at - time.monotonic())
+                    if left < 30:
+                        runs[key] = {"error": "no time left in the e2e step"}
+                        continue
+                    args = ["-m", "bench.e2e", "--storage", "local", "--device", opts.device,
+                            "--arch", arch, "--size", size, "--images", str(opts.images[size]),
+                            "--decode-device", decode, "--repeats", "1", "--overhead-images", "0",
+                            "--max-batch", str(opts.batch), "--chunk-size", str(opts.batch),
+                            "--bare-images", str(min(opts.images[size], 2 * opts.batch)),
+                            "--loader-workers", str(cores), "--images-cache", str(cache)]
+                    if not opts.smoke:
+                        args += ["--precision", "fp16", "--concurrency", "4",
+                                 "--decode-threads", str(max(1, cores - 2)), "--torch-threads", "4"]
+                    if decode != "cpu":
+                        args.append("--no-dataloader")  # the loop does not change with our decode
+                    with _Utilization() as gpu:
+                        try:
+                            out = json.loads(_python(args, min(left, 600)))
+                            runs[key] = {"summary": out["summary"], "utilization": gpu.summary()}
+                        except Exception as exc:
+                            runs[key] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     return runs
 
 

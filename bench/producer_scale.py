@@ -33,7 +33,8 @@ from typing import Any
 
 import redis
 
-from bench.services import machine, memory_kib, redis_server, reset_peak_memory
+from bench.report import machine
+from bench.services import memory_kib, redis_server, reset_peak_memory
 from rstream.producer.client import Client
 from rstream.producer.submit import Sent, submit
 from rstream.shared.constants import INFER_QUEUE

@@ -4,14 +4,11 @@ redis-server, moto's S3 server, worker processes) and CPU and memory counters re
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from rstream.shared.settings import Settings
 from tests.services import RedisServer, ServiceUnavailable, WorkerProcess
@@ -81,25 +78,3 @@ def memory_kib(field: str = "VmRSS") -> int:
 def reset_peak_memory() -> None:
     """Reset this process's VmHWM to its current RSS (Linux: ``5 > /proc/self/clear_refs``)."""
     Path("/proc/self/clear_refs").write_text("5")
-
-
-def machine() -> dict[str, object]:
-    """Cores, CPU model and Python of this machine, for the JSON output."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
-
-
-def emit(report: dict[str, Any], out: str | None) -> None:
-    """Print a benchmark's JSON report, and write it to ``out`` too when given."""
-    text = json.dumps(report, indent=2)
-    print(text)
-    if out:
-        Path(out).write_text(text + "\n")

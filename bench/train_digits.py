@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from bench.report import emit
 from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
@@ -110,10 +111,7 @@ def main() -> None:
         "runs": runs, "svm_baseline": svm_accuracy(splits),
         "threads": args.threads, "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

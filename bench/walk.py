@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON report here")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from bench.services import emit, redis_server
+    from bench.report import emit
+    from bench.services import redis_server
 
     with redis_server() as (url, _), tempfile.TemporaryDirectory() as root:
         folder = Path(root, "images")

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.services import emit, machine, redis_server, start_worker
+from bench.report import emit, machine
+from bench.services import redis_server, start_worker
 from rstream.producer import monitor
 from rstream.producer.client import Client
 from rstream.producer.submit import submit

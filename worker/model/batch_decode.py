@@ -47,6 +47,7 @@ from rstream.shared.errors import ConfigError, ImageError
 from rstream.worker.model.preprocess import (
     Preprocessing,
     decode_image,
+    decode_opened,
     error_reason,
     normalize,
     read_header,
@@ -100,7 +101,7 @@ def admit(data: bytes, spec: Preprocessing, max_pixels: int) -> Tensor | Raw:
     (a uint8 ``[3, crop, crop]`` crop, counted by the caller)."""
     img = read_header(data, max_pixels)
     if device_refusal(img, spec):
-        return decode_image(data, spec, max_pixels)
+        return decode_opened(img, data, spec)
     return Raw(data, max_pixels)
 
 

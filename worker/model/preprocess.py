@@ -131,7 +131,12 @@ def decode_image(data: bytes, spec: Preprocessing, max_pixels: int, *,
     ``path`` is ``auto`` (see :func:`choose_path`) or one of :data:`PATHS` to force it;
     ``tensor`` and ``draft`` need a JPEG. Raises :class:`ImageError` saying why it refused.
     """
-    img = read_header(data, max_pixels)
+    return decode_opened(read_header(data, max_pixels), data, spec, path=path)
+
+
+def decode_opened(img: Image.Image, data: bytes, spec: Preprocessing, *,
+                  path: str = "auto") -> torch.Tensor:
+    """:func:`decode_image` of an image whose header :func:`read_header` already read."""
     if path == "auto":
         path = choose_path(img, spec)
     elif path not in PATHS:
