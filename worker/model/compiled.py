@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from rstream.shared.errors import ConfigError
-from rstream.worker.model.export import cache_dir
 from rstream.worker.model.loader import LoadedModel
+from rstream.worker.model.model_files import cache_dir
 from rstream.worker.model.predict import Predictor
 
 logger = logging.getLogger(__name__)

@@ -29,13 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rstream.shared.errors import ConfigError, NotFoundError, PreconditionFailed, RstreamError
-from rstream.shared.models import refs
+from rstream.shared.errors import ConfigError, NotFoundError, RstreamError
 from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
 from rstream.shared.training.splits import IMAGE_EXTENSIONS, is_validation
-from rstream.worker.model.export import cache_dir
 from rstream.worker.model.loader import LoadedModel
+from rstream.worker.model.model_files import ModelFiles
 from rstream.worker.model.preprocess import decode_image, normalize
 
 logger = logging.getLogger(__name__)
@@ -247,61 +246,18 @@ def check(record: dict[str, Any], minimum: float, ref: str) -> None:
         "serve fp32 (RSTREAM_PRECISION=fp32)")
 
 
-class Int8Cache:
-    """Where a model's int8 files live: beside its weights in the registry, or for references
-    outside it (``random:``, ``torchvision:``) in the local ONNX cache folder."""
+def _cached(files: ModelFiles, key: str) -> tuple[bytes, dict[str, Any]] | None:
+    """The int8 bytes and record for calibration ``key``, if built before."""
+    data, text = files.read(f"model-int8-{key}.onnx"), files.read(f"model-int8-{key}.json")
+    if data is None or text is None:
+        return None
+    return data, json.loads(text)
 
-    def __init__(self, loaded: LoadedModel, registry: Registry | None) -> None:
-        ref = refs.parse(loaded.model_id)
-        self.loaded, self.registry = loaded, registry
-        self.version: tuple[str, str] | None = None
-        if ref.kind == "registry" and ref.version and registry is not None:
-            self.version = (ref.name, ref.version)
 
-    def _uri(self, name: str) -> str:
-        assert self.registry is not None and self.version is not None
-        return self.registry.version_uri(*self.version, name)
-
-    def _path(self, name: str) -> Path:
-        model = hashlib.sha256(self.loaded.model_id.encode()).hexdigest()[:12]
-        return cache_dir() / f"{model}-{name}"
-
-    def get(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
-        """The int8 bytes and record for calibration ``key``, if built before."""
-        try:
-            if self.version is not None:
-                assert self.registry is not None
-                text = self.registry.storage.read(self._uri(f"model-int8-{key}.json"))
-                data = self.registry.storage.read(self._uri(f"model-int8-{key}.onnx"))
-            else:
-                text = self._path(f"int8-{key}.json").read_bytes()
-                data = self._path(f"int8-{key}.onnx").read_bytes()
-        except (NotFoundError, OSError):
-            return None
-        return data, json.loads(text)
-
-    def put(self, key: str, data: bytes, record: dict[str, Any]) -> None:
-        """Keep them; the record goes last, so a record always has its model beside it."""
-        text = json.dumps(record, indent=2).encode()
-        try:
-            if self.version is not None:
-                assert self.registry is not None
-                for name, content in ((f"model-int8-{key}.onnx", data),
-                                      (f"model-int8-{key}.json", text)):
-                    try:
-                        self.registry.storage.write(self._uri(name), content, if_none_match=True)
-                    except PreconditionFailed:  # another worker built it: theirs is as good
-                        pass
-                return
-            for name, content in ((f"int8-{key}.onnx", data), (f"int8-{key}.json", text)):
-                path = self._path(name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(content)
-                os.replace(tmp, path)
-        except (RstreamError, OSError) as exc:  # read-only registry, storage down
-            logger.warning("cannot keep the int8 model of %s (%s); built in memory",
-                           self.loaded.model_id, exc)
+def _keep(files: ModelFiles, key: str, data: bytes, record: dict[str, Any]) -> None:
+    """The record goes last, so a record always has its model beside it."""
+    files.keep(f"model-int8-{key}.onnx", data)
+    files.keep(f"model-int8-{key}.json", json.dumps(record, indent=2).encode())
 
 
 def int8_model(loaded: LoadedModel, onnx_fp32: bytes, *, registry: Registry | None,
@@ -310,10 +266,10 @@ def int8_model(loaded: LoadedModel, onnx_fp32: bytes, *, registry: Registry | No
     """The int8 model of ``loaded`` and its record: the cached one for the calibration set,
     else built now and cached. ``source`` empty: the version's recorded quantization, else
     its validation split."""
-    cache = Int8Cache(loaded, registry)
+    files = ModelFiles(loaded, registry)
     recorded = loaded.meta.get("int8")
     if not source and isinstance(recorded, dict) and isinstance(recorded.get("key"), str):
-        found = cache.get(recorded["key"])
+        found = _cached(files, recorded["key"])
         if found is not None:
             return found
         logger.warning("%s: the recorded int8 model %s is missing; building it again",
@@ -330,11 +286,11 @@ def int8_model(loaded: LoadedModel, onnx_fp32: bytes, *, registry: Registry | No
                 f"or build it ahead with rstream models quantize {loaded.model_id} "
                 "--calibration SOURCE")
         calib = split
-    found = cache.get(calib.key)
+    found = _cached(files, calib.key)
     if found is not None:
         return found
     logger.info("%s: quantizing to int8 on %d images of %s", loaded.model_id,
                 len(calib.parts[0]), calib.source)
     data, record = build(loaded, onnx_fp32, calib, storage, max_pixels)
-    cache.put(calib.key, data, record)
+    _keep(files, calib.key, data, record)
     return data, record
