@@ -64,14 +64,15 @@ def items(storage: Storage, job: Job) -> Iterator[dict[str, Any]]:
 
 
 def _item(image: str, line: dict[str, Any]) -> dict[str, Any]:
+    """A tile: the image's name, its top-1 (or its error), and the manifest's kept columns."""
     name = str(line["uri"]).rstrip("/").rsplit("/", 1)[-1]
+    shown = {"image": image, "uri": line["uri"], "name": name,
+             "columns": line.get("columns") or {}}
     if line["ok"]:
         top = line["top"]
-        return {"image": image, "uri": line["uri"], "name": name, "ok": True,
-                "label": str(top[0]["label"]), "prob": float(top[0]["prob"]), "top": top,
-                "model": line.get("model")}
-    return {"image": image, "uri": line["uri"], "name": name, "ok": False, "label": None,
-            "prob": None, "error": line["error"]}
+        return {**shown, "ok": True, "label": str(top[0]["label"]),
+                "prob": float(top[0]["prob"]), "top": top, "model": line.get("model")}
+    return {**shown, "ok": False, "label": None, "prob": None, "error": line["error"]}
 
 
 SORTED_WINDOW = 10_000  # the deepest a sorted page reaches: memory stays O(window), not O(job)
