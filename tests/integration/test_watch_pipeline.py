@@ -111,11 +111,14 @@ def check_windows(client: Client, jobs: list[Job], good: set[str], bad: set[str]
                               "failed": len(bad)})
 
 
-def test_a_thousand_images_landing_in_bursts_are_each_scored_once_through_kills(
+BURSTS, BURST = 8, 60  # images landing on S3: 8 bursts of 60
+
+
+def test_images_landing_in_bursts_are_each_scored_once_through_kills(
         durable_redis: RedisServer, moto_server: str, s3_admin: Any, tmp_path: Path) -> None:
-    """1,000 images (50 of them bad) land on S3 in 10 bursts over about 45 s while the
+    """480 images (24 of them bad) land on S3 in 8 bursts over about 25 s while the
     watcher runs; the watcher is SIGKILLed twice (and started again) and one of the two
-    workers once. Windows of 20 s, so the images spread over several window jobs."""
+    workers once. Windows of 12 s, so the images spread over several window jobs."""
     bucket = f"watch-{uuid.uuid4().hex[:12]}"
     s3_admin.create_bucket(Bucket=bucket)
     settings = pipeline_settings(durable_redis.url, tmp_path / "root",
@@ -129,7 +132,7 @@ def test_a_thousand_images_landing_in_bursts_are_each_scored_once_through_kills(
     for worker in workers:
         worker.wait_ready()
     args = [f"s3://{bucket}/incoming/", "--model", model, "--name", "chaos", "--interval",
-            "1", "--window", "20"]
+            "1", "--window", "12"]
     watcher = WatcherProcess(settings, tmp_path / "watcher-0.log", args).wait_for("watching")
     photos, broken = small_images(50, seed=3), bad_images()
     good: set[str] = set()
@@ -138,9 +141,9 @@ def test_a_thousand_images_landing_in_bursts_are_each_scored_once_through_kills(
     kills = 0
     try:
         with ThreadPoolExecutor(8) as pool:
-            for burst in range(10):
+            for burst in range(BURSTS):
                 batch = []
-                for i in range(burst * 100, burst * 100 + 100):
+                for i in range(burst * BURST, burst * BURST + BURST):
                     if i % 20 == 19:
                         name, blob = broken[i // 20 % len(broken)]
                         key, target = f"incoming/bad-{i:04d}-{name}", bad
@@ -150,7 +153,7 @@ def test_a_thousand_images_landing_in_bursts_are_each_scored_once_through_kills(
                     target.add(f"s3://{bucket}/{key}")
                 list(pool.map(lambda kv: s3_admin.put_object(Bucket=bucket, Key=kv[0],
                                                              Body=kv[1]), batch))
-                if burst in (2, 6):  # mid-pass, most likely: listing, recording or sending
+                if burst in (2, 5):  # mid-pass, most likely: listing, recording or sending
                     time.sleep(rng.uniform(0.3, 1.5))
                     watcher.kill()
                     kills += 1
@@ -158,8 +161,8 @@ def test_a_thousand_images_landing_in_bursts_are_each_scored_once_through_kills(
                                              args).wait_for("watching")
                 if burst == 4:
                     workers[0].kill()
-                time.sleep(3.5)
-        jobs = wait_until_scored(client, "chaos", 1000)
+                time.sleep(2.5)
+        jobs = wait_until_scored(client, "chaos", BURSTS * BURST)
         assert watcher.stop() == 0, watcher.log()[-3000:]
     finally:
         watcher.kill()
