@@ -19,12 +19,11 @@ import threading
 from types import FrameType
 from typing import Any
 
-import redis
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from rstream.shared.connections import check_redis
+from rstream.shared.connections import check_redis, redis_client
 from rstream.shared.endpoints import EndpointServer, metrics_route, probe_route
 from rstream.shared.errors import ConfigError
 from rstream.shared.masking import mask_url
@@ -39,9 +38,8 @@ SCRAPE_TIMEOUT_S = 5.0
 def serve(settings: Settings, port: int | None = None) -> int:
     """Serve the queues' metrics on ``port`` (default ``RSTREAM_EXPORTER_PORT``) until SIGTERM."""
     port = port or settings.exporter_port
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
-                                  socket_connect_timeout=SCRAPE_TIMEOUT_S,
-                                  retry=Retry(NoBackoff(), 0))
+    client = redis_client(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
+                          socket_connect_timeout=SCRAPE_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
     registry = CollectorRegistry()
     registry.register(QueueCollector(client))
 

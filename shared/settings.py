@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from redis.connection import parse_url
 
+from rstream.shared.connections import is_sentinel, parse_sentinel_url
 from rstream.shared.errors import ConfigError, RstreamError
 from rstream.shared.masking import mask_url
 from rstream.shared.models import refs
@@ -124,8 +125,11 @@ def _model(raw: str) -> str:
 
 def _redis_url(raw: str) -> str:
     value = raw.strip()
+    if is_sentinel(value):
+        parse_sentinel_url(value)  # its messages name the part, never the password
+        return value
     if urlparse(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("not a redis://, rediss:// or unix:// URL")
+        raise ValueError("not a redis://, rediss://, unix:// or redis+sentinel:// URL")
     try:
         parse_url(value)  # what redis-py will make of it, now rather than at the first call
     except ValueError:  # its message may quote the password
@@ -224,8 +228,10 @@ class Settings:
     """Every setting of rstream, validated; build with :meth:`from_env`."""
 
     redis_url: str = _setting(
-        "redis://127.0.0.1:6379/0", "Redis URL: Celery broker, job records and locks.",
-        _redis_url, "use redis://HOST:PORT/DB")
+        "redis://127.0.0.1:6379/0",
+        "Redis URL: Celery broker, job records and locks; "
+        "redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB for Sentinel.",
+        _redis_url, "use redis://HOST:PORT/DB or redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB")
     storage_root: str = _setting(
         "./rstream-data", "Local storage root; plain paths and file:// URIs resolve inside it.",
         _directory, "use a directory path")

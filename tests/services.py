@@ -111,13 +111,13 @@ class RedisServer:
     """
 
     def __init__(self, workdir: Path | None = None, *, durable: bool = False,
-                 password: str | None = None) -> None:
+                 password: str | None = None, args: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceUnavailable("redis-server is not installed: install it (apt-get install "
                                      "redis-server) to run what needs Redis")
         self.binary, self.durable, self.port = binary, durable, free_port()
-        self.password = password
+        self.password, self.args = password, list(args or [])
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="rstream-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -139,7 +139,7 @@ class RedisServer:
         log = self.workdir / "redis.log"
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *persistence, "--dir", str(self.workdir), "--logfile", str(log)],
+             *persistence, "--dir", str(self.workdir), "--logfile", str(log), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while not redis_answers(self.port, self.password):
@@ -173,6 +173,128 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SentinelGroup:
+    """A Redis primary, one replica and three Sentinels (``redis-server --sentinel``), each on
+    a free loopback port in ``workdir``: :attr:`url` is the ``redis+sentinel://`` URL of the
+    group, :meth:`kill_primary` a crash of the primary, :meth:`wait_failover` the promotion.
+
+    Sentinel's settings: ``down_after_ms`` before a primary is thought down, quorum 2,
+    ``failover_timeout_ms`` (also how soon a failed failover is tried again).
+    """
+
+    MASTER = "rstream-test"
+
+    def __init__(self, workdir: Path, *, down_after_ms: int = 2000,
+                 failover_timeout_ms: int = 4000) -> None:
+        self.workdir, self.down_after_ms = workdir, down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        (workdir / "primary").mkdir(parents=True)
+        (workdir / "replica").mkdir()
+        self.primary = RedisServer(workdir / "primary")
+        self.replica: RedisServer | None = None
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.sentinel_ports = [free_port() for _ in range(3)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.MASTER}/0"
+
+    def start(self) -> SentinelGroup:
+        self.primary.start()
+        self.replica = RedisServer(self.workdir / "replica", args=[
+            "--replicaof", "127.0.0.1", str(self.primary.port)]).start()
+        replica = self.replica.port
+        _wait(lambda: (_ask(replica, lambda r: r.info("replication")) or {}).get(
+            "master_link_status") == "up", "the replica did not sync with the primary")
+        for index, port in enumerate(self.sentinel_ports):
+            self.sentinels.append(self._sentinel(index, port))
+        _wait(self._monitored, "the Sentinels did not find each other and the replica")
+        return self
+
+    def _sentinel(self, index: int, port: int) -> subprocess.Popen[bytes]:
+        folder = self.workdir / f"sentinel-{index}"
+        folder.mkdir()
+        config = folder / "sentinel.conf"
+        name = self.MASTER
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {folder}\nlogfile {folder / 'sentinel.log'}\n"
+            f"sentinel monitor {name} 127.0.0.1 {self.primary.port} 2\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n")
+        return subprocess.Popen([self.primary.binary, str(config), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def _monitored(self) -> bool:
+        for port in self.sentinel_ports:
+            state = _ask(port, lambda s: s.sentinel_master(self.MASTER)) or {}
+            if state.get("num-other-sentinels") != 2 or state.get("num-slaves") != 1:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        """The primary's port as the first Sentinel that answers sees it."""
+        for port in self.sentinel_ports:
+            found = _ask(port, lambda s: s.sentinel_get_master_addr_by_name(self.MASTER))
+            if found:
+                return int(found[1])
+        raise ServiceUnavailable("no Sentinel answers")
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary: what it had not yet sent to the replica is lost."""
+        self.primary.kill()
+
+    def wait_failover(self, timeout_s: float = 30.0) -> int:
+        """Wait until the Sentinels name the replica as the primary; its port."""
+        assert self.replica is not None
+        replica = self.replica.port
+        _wait(lambda: self.master_port() == replica and (_ask(
+            replica, lambda r: r.info("replication")) or {}).get("role") == "master",
+            "no failover to the replica", timeout_s)
+        return replica
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=5)
+        for server in (self.primary, self.replica):
+            if server is not None:
+                server.stop()
+
+
+def _redis(port: int) -> Any:
+    """A client on 127.0.0.1:``port`` (a Redis or a Sentinel) that tries once."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0,
+                       retry=Retry(NoBackoff(), 0), decode_responses=True)
+
+
+def _ask(port: int, call: Any) -> Any:
+    """``call(client)`` on 127.0.0.1:``port``; None when it does not answer."""
+    import redis
+
+    client = _redis(port)
+    try:
+        return call(client)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def _wait(ready: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"{what} within {timeout_s} s")
+        time.sleep(0.1)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from typing import Any
 from celery.signals import celeryd_after_setup, celeryd_init, setup_logging
 
 from rstream.shared import logs
+from rstream.shared.connections import is_sentinel
 from rstream.shared.queue.app import make_app
 from rstream.shared.queue.beat import beat_schedule
 from rstream.shared.settings import Settings
@@ -43,7 +44,9 @@ app.conf.worker_concurrency = settings.concurrency
 # A message that cannot be decoded or validated is dead-lettered, never allowed to end the
 # process or to be dropped with only a log line (worker/runtime/intake.py).
 app.conf.worker_consumer = "rstream.worker.runtime.intake:Consumer"
-if settings.redis_url.startswith(("redis://", "rediss://")):
+if is_sentinel(settings.redis_url):
+    app.conf.broker_transport = "rstream.worker.runtime.intake:SentinelTransport"
+elif settings.redis_url.startswith(("redis://", "rediss://")):
     app.conf.broker_transport = "rstream.worker.runtime.intake:Transport"
     if settings.redis_url.startswith("rediss://") and not app.conf.broker_use_ssl:
         # Naming the transport class bypasses kombu's own rediss:// default; verify certs.

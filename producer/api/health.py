@@ -23,7 +23,7 @@ from redis.retry import Retry
 from rstream.producer.api.context import ApiContext
 from rstream.producer.api.metrics import metrics_text, registry_for
 from rstream.producer.client import FAIL_FAST_S
-from rstream.shared.connections import redis_problem, redis_state
+from rstream.shared.connections import redis_client, redis_problem, redis_state
 from rstream.shared.constants import INFER_QUEUE
 from rstream.shared.queue import heartbeats
 
@@ -34,9 +34,8 @@ PROBE_THREADS = 2
 
 def add_routes(app: FastAPI, ctx: ApiContext) -> None:
     probes = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="rstream-api-probe")
-    probe_redis = redis.Redis.from_url(ctx.settings.redis_url, socket_timeout=FAIL_FAST_S,
-                                       socket_connect_timeout=FAIL_FAST_S,
-                                       retry=Retry(NoBackoff(), 0))
+    probe_redis = redis_client(ctx.settings.redis_url, socket_timeout=FAIL_FAST_S,
+                               socket_connect_timeout=FAIL_FAST_S, retry=Retry(NoBackoff(), 0))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:

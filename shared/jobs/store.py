@@ -29,6 +29,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from rstream.shared.connections import redis_client
 from rstream.shared.constants import (
     JOB_COUNTS_KEY,
     JOB_DONE_KEY,
@@ -162,7 +163,7 @@ class JobStore:
         reply does not count anything twice.
         """
         retries = max(0, math.ceil(ride_out_s / RETRY_CAP_S))
-        client = redis.Redis.from_url(
+        client = redis_client(
             url, socket_timeout=30, socket_connect_timeout=connect_timeout_s,
             retry=Retry(ExponentialBackoff(cap=RETRY_CAP_S, base=0.2), retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])

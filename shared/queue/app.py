@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from rstream.shared.connections import broker
 from rstream.shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK, TRAIN_QUEUE
 from rstream.shared.queue.messages import ChunkMessage
 from rstream.shared.settings import Settings
@@ -18,7 +19,8 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
     worker does not hoard chunks; a visibility timeout longer than the task time limit (the
     settings refuse anything else), so Redis does not redeliver a chunk that is still running.
     """
-    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    target = broker(settings.redis_url)  # a Sentinel URL becomes kombu's sentinel:// form
+    app = Celery(name, broker=target.url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -43,6 +45,7 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
+            **target.transport_options,
         },
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -57,6 +60,8 @@ def make_app(settings: Settings, name: str = "rstream") -> Celery:
         enable_utc=True,
         timezone="UTC",
     )
+    if target.use_ssl is not None:
+        app.conf.broker_use_ssl = target.use_ssl
     return app
 
 

@@ -11,8 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
-import redis
-
+from rstream.shared.connections import redis_client
 from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
@@ -33,7 +32,7 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
     from rstream.worker.finetune.run import run_finetune  # torch: only in the trainer
 
     name = name or settings.train_model
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     runs = TrainRuns(client)
     lock = TrainingLock(client, name, settings.train_lock_ttl)
     if not lock.acquire():

@@ -38,8 +38,18 @@ def _record(client: Any, reason: str, **fields: Any) -> None:
     logger.error("message refused and dead-lettered: %s", reason)
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, except that an envelope it cannot parse is dead-lettered."""
+class _DeadLettering:
+    """What :class:`Channel` and :class:`SentinelChannel` change in kombu's Redis channel:
+    an envelope it cannot parse is dead-lettered."""
+
+    client: Any
+    connection: Any
+    connection_errors: Any
+    sep: str
+    _queue_cycle: Any
+    _in_poll: Any
+    Message: Any
+    conn_or_acquire: Any
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own method (5.7), with the decode step guarded: the popped item is in hand
@@ -67,7 +77,7 @@ class Channel(kombu_redis.Channel):
             self.connection._deliver(payload, dest)
             return True
         finally:
-            self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            self._in_poll = None  # as kombu does
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
@@ -82,10 +92,25 @@ def _check_envelope(message: Any) -> None:
         raise ValueError("properties.delivery_info is not an object")
 
 
+class Channel(_DeadLettering, kombu_redis.Channel):
+    """kombu's Redis channel, except that an envelope it cannot parse is dead-lettered."""
+
+
+class SentinelChannel(_DeadLettering, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, except that an envelope it cannot parse is dead-lettered."""
+
+
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`Channel`; set as ``broker_transport``."""
 
     Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`SentinelChannel` (for a ``redis+sentinel://``
+    ``RSTREAM_REDIS_URL``); set as ``broker_transport``."""
+
+    Channel = SentinelChannel
 
 
 class Consumer(CeleryConsumer):
