@@ -108,10 +108,16 @@ def read_rows(opener: Callable[[], BinaryIO], where: str, table: Table) -> Itera
     """The rows of the table that ``opener`` opens, as (URI, kept columns), streamed;
     PermanentError naming ``where``, the row and the column for a bad row. ``table.format``
     must be set (:meth:`Table.for_location`)."""
+    return ((uri, kept) for _, uri, kept in numbered_rows(opener, where, table))
+
+
+def numbered_rows(opener: Callable[[], BinaryIO], where: str,
+                  table: Table) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """:func:`read_rows` with each row's number (what an error about the row names)."""
     readers = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}
     with opener() as data:
         for number, values in readers[table.format](data, where, table):
-            yield _row(values, table, f"{where}: row {number}")
+            yield (number, *_row(values, table, f"{where}: row {number}"))
 
 
 def _row(values: dict[str, Any], table: Table, where: str) -> Row:
