@@ -19,6 +19,7 @@ from rstream.shared.models import refs
 from rstream.shared.models.registry import Registry
 from rstream.shared.names import MODEL_NAME
 from rstream.shared.settings import Settings
+from rstream.shared.tables.reader import Table
 from rstream.shared.training.config import TrainConfig, check_overrides, preset
 from rstream.shared.training.runs import TrainRuns
 
@@ -26,9 +27,11 @@ from rstream.shared.training.runs import TrainRuns
 def checked_options(settings: Settings, *, name: str | None = None, mode: str | None = None,
                     epochs: int | None = None, start: str | None = None, force: bool = False,
                     data: str | None = None, overrides: Mapping[str, Any] | None = None,
-                    preset_name: str | None = None) -> dict[str, Any]:
+                    preset_name: str | None = None, uri_column: str | None = None,
+                    label_column: str | None = None) -> dict[str, Any]:
     """The options of one run, each checked; what the ``finetune`` task receives. A preset
-    gives defaults that ``mode``, ``epochs`` and ``overrides`` win over."""
+    gives defaults that ``mode``, ``epochs`` and ``overrides`` win over. ``uri_column`` and
+    ``label_column`` name the columns of a labels table given as ``data``."""
     chosen = preset(preset_name) if preset_name else {}
     preset_mode, preset_epochs = chosen.pop("mode", None), chosen.pop("epochs", None)
     mode, epochs = mode or preset_mode, epochs or preset_epochs
@@ -41,8 +44,11 @@ def checked_options(settings: Settings, *, name: str | None = None, mode: str | 
         refs.parse(start)
     if data:
         dataclasses.replace(settings, train_data=data)  # the setting's own checks
+    if uri_column or label_column:
+        Table(uri_column=uri_column or "uri", keep=(label_column or "label",))  # ConfigError
     options = {"name": name, "mode": mode, "epochs": epochs, "start": start,
-               "force": force or None, "data": data, "overrides": overrides or None}
+               "force": force or None, "data": data, "overrides": overrides or None,
+               "uri_column": uri_column, "label_column": label_column}
     return {key: value for key, value in options.items() if value is not None}
 
 

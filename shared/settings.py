@@ -242,8 +242,9 @@ class Settings:
         "models", "Model registry location: a path under the root or s3://bucket/prefix.",
         _location, "use a path or s3://bucket/prefix")
     train_data: str = _setting(
-        "train", "Labelled training images, {train_data}/{class}/*, or a JSONL labels manifest.",
-        _location, "use a path, s3://bucket/prefix or a .jsonl file")
+        "train", "Labelled training images, {train_data}/{class}/*, or a labels table "
+        "(.csv .jsonl .parquet).",
+        _location, "use a path, s3://bucket/prefix or a labels table")
     allowed_buckets: tuple[str, ...] = _setting(
         (), "Comma-separated S3 buckets that may be read or written; empty allows any.",
         _buckets, "use bucket names separated by commas")

@@ -23,6 +23,10 @@ class TrainBody(BaseModel):
     mode: Literal["feature-extract", "finetune"] | None = None
     epochs: int | None = Field(None, ge=1, le=1000)
     data: str | None = Field(None, max_length=4096)
+    uri_column: str | None = Field(None, min_length=1, max_length=256,
+                                   description="a labels table's URI column (default uri)")
+    label_column: str | None = Field(None, min_length=1, max_length=256,
+                                     description="a labels table's label column (default label)")
     start: str | None = Field(None, max_length=512)
     force: bool = False
     preset: str | None = Field(None, max_length=64, description="a named set of options "
@@ -61,7 +65,8 @@ def add_routes(app: FastAPI, ctx: ApiContext) -> None:
         options = training.checked_options(
             ctx.settings, name=body.name, mode=body.mode, epochs=body.epochs,
             start=body.start, force=body.force, data=body.data, overrides=body.options,
-            preset_name=body.preset)
+            preset_name=body.preset, uri_column=body.uri_column,
+            label_column=body.label_column)
         run = training.start_run(ctx.client, options)
         return {"run": run, "url": f"/v1/train/{run}"}
 

@@ -38,8 +38,12 @@ def add_parsers(commands: Commands) -> None:
                    "(default: text, with the epochs and the confusion matrix)")
     p.add_argument("--name", help="model name to train and publish (default: "
                    "RSTREAM_TRAIN_MODEL)")
-    p.add_argument("--data", help="labelled images, {data}/{class}/* or a JSONL labels "
-                   "manifest (default: RSTREAM_TRAIN_DATA)")
+    p.add_argument("--data", help="labelled images, {data}/{class}/* or a labels table "
+                   "(.csv/.jsonl/.ndjson/.parquet; default: RSTREAM_TRAIN_DATA)")
+    p.add_argument("--uri-column", help="with a labels table as --data: its column of "
+                   "image URIs (default: uri)")
+    p.add_argument("--label-column", help="with a labels table as --data: its column of "
+                   "class labels (default: label)")
     p.add_argument("--mode", choices=MODES, help="train a new fc only, layer4 + fc, or every "
                    "layer (default: RSTREAM_TRAIN_MODE)")
     p.add_argument("--epochs", type=positive, help="most epochs (default: "
@@ -113,6 +117,7 @@ def train_command(args: argparse.Namespace, settings: Settings) -> int:
     options = training.checked_options(
         settings, name=args.name, mode=args.mode, epochs=args.epochs, start=args.start,
         force=args.force, data=args.data, overrides=_training_options(args.set),
+        uri_column=args.uri_column, label_column=args.label_column,
         preset_name=args.preset)
     client = Client(settings)
     run = training.start_run(client, options)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from celery import Celery
 
@@ -39,10 +40,13 @@ class ChunkSender:
             delay = min(delay * 2, 1.0)
         return stop is None or not stop.is_set()
 
-    def send(self, job: Job, chunk: int, uris: list[str], generation: int = 0) -> None:
-        """Count the chunk as sent (once per chunk and generation), then publish it."""
+    def send(self, job: Job, chunk: int, uris: list[str], generation: int = 0,
+             columns: list[dict[str, Any]] | None = None) -> None:
+        """Count the chunk as sent (once per chunk and generation), then publish it;
+        ``columns``: its URIs' kept columns (a table source)."""
         self.jobs.mark_sent(job.id, chunk, generation, len(uris))
-        self.publish(ChunkMessage(job.id, chunk, uris, job.model, job.results, generation))
+        self.publish(ChunkMessage(job.id, chunk, uris, job.model, job.results, generation,
+                                  columns))
 
     def publish(self, message: ChunkMessage) -> None:
         """Publish one chunk task (already counted as sent)."""

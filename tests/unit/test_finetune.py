@@ -17,7 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from rstream.shared.errors import ConfigError, NotFoundError, PreconditionFailed
+from rstream.shared.errors import (
+    ConfigError,
+    NotFoundError,
+    PermanentError,
+    PreconditionFailed,
+)
 from rstream.shared.models.registry import Registry
 from rstream.shared.settings import Settings
 from rstream.shared.storage import Storage
@@ -336,8 +341,35 @@ def test_labels_come_from_class_folders_or_a_manifest(
 
     assert [(i.uri, i.label) for i in from_manifest] == [(x["uri"], x["label"]) for x in lines]
     storage.write("bad.jsonl", b'{"uri": "train/red/000.png"}\n')
-    with pytest.raises(ConfigError, match="line 1"):
+    with pytest.raises(PermanentError, match="row 1: no column 'label'"):
         dataset.list_labelled(storage, "bad.jsonl")
+
+
+def test_labels_come_from_a_parquet_or_csv_table_with_named_columns(
+        env: tuple[Settings, Storage, Registry], tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    settings, storage, _ = env
+    folders = dataset.list_labelled(storage, settings.train_data)
+    classes = sorted({i.label for i in folders})
+    ids = [classes.index(i.label) for i in folders]  # a warehouse keeps integer classes
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"image": [i.uri for i in folders], "cls": ids,
+                             "reviewer": ["a"] * len(folders)}), sink)
+    storage.write("labels.parquet", sink.getvalue().to_pybytes())
+    table = dataset.list_labelled(storage, "labels.parquet", uri_column="image",
+                                  label_column="cls")
+    assert [(i.uri, i.label, i.tag) for i in table] == [
+        (i.uri, str(n), i.tag) for i, n in zip(folders, ids, strict=True)]
+    by_folder = dataset.split(folders, 20, 20)
+    by_table = dataset.split(table, 20, 20)
+    for part in ("train", "select", "val"):  # the same splits as from the folders
+        assert [i.uri for i in getattr(by_table, part)] == [
+            i.uri for i in getattr(by_folder, part)]
+    storage.write("labels.csv", ("url,label\n" + "".join(
+        f"{i.uri},{i.label}\n" for i in folders[:3]) + f"{folders[3].uri},\n").encode())
+    with pytest.raises(ConfigError, match=r"labels.csv: row 4, column 'label': no label"):
+        dataset.list_labelled(storage, "labels.csv", uri_column="url")
 
 
 def test_splits_are_stable_disjoint_and_the_gates_does_not_move(

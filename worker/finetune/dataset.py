@@ -2,7 +2,9 @@
 datasets.
 
 Labelled data is either a prefix laid out as ``{prefix}/{class}/...`` (any depth below the
-class folder) or a JSONL labels manifest, one ``{"uri": ..., "label": ...}`` per line.
+class folder) or a labels table (CSV, JSON lines or Parquet, read by ``shared/tables/``), a
+row per image with its URI and its label in two named columns (``uri`` and ``label`` by
+default).
 Training samples are the whole image decoded and augmented (:class:`Augmentation`);
 evaluation samples are decoded like serving decodes them.
 """
@@ -24,6 +26,7 @@ from torchvision.transforms import v2
 
 from rstream.shared.errors import ConfigError, PermanentError
 from rstream.shared.storage import Storage, join
+from rstream.shared.tables.reader import Table, format_of, numbered_rows
 from rstream.shared.training.splits import IMAGE_EXTENSIONS, split_of
 from rstream.worker.model.preprocess import Preprocessing, decode_image, open_image
 
@@ -41,16 +44,19 @@ class LabelledImage:
     tag: str
 
 
-def list_labelled(storage: Storage, source: str) -> list[LabelledImage]:
-    """Every labelled image of ``source`` (a ``{class}/`` prefix or a .jsonl manifest), sorted."""
-    if source.endswith(".jsonl"):
-        items = _from_manifest(storage, source)
+def list_labelled(storage: Storage, source: str, *, uri_column: str = "uri",
+                  label_column: str = "label") -> list[LabelledImage]:
+    """Every labelled image of ``source`` (a ``{class}/`` prefix, or a labels table whose
+    columns ``uri_column`` and ``label_column`` name each image and its class), sorted."""
+    if format_of(source):
+        items = _from_table(storage, source, Table(uri_column=uri_column,
+                                                   keep=(label_column,)).for_location(source))
     else:
         items = _from_prefix(storage, source)
     if not items:
         raise ConfigError(
             f"no labelled images in {source}: put images in {join(source, '{class}')}/ or point "
-            "RSTREAM_TRAIN_DATA at a JSONL manifest of {\"uri\", \"label\"} lines")
+            "RSTREAM_TRAIN_DATA at a labels table (.csv, .jsonl, .ndjson, .parquet)")
     return sorted(items, key=lambda item: item.uri)
 
 
@@ -66,19 +72,17 @@ def _from_prefix(storage: Storage, source: str) -> list[LabelledImage]:
     return items
 
 
-def _from_manifest(storage: Storage, source: str) -> list[LabelledImage]:
+def _from_table(storage: Storage, source: str, table: Table) -> list[LabelledImage]:
+    label_column = table.keep[0]
     items = []
-    for number, raw in enumerate(storage.read(source).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-            uri, label = str(line["uri"]), str(line["label"])
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{source} line {number}: not a JSON object with \"uri\" and "
-                              "\"label\": fix that line") from None
+    rows = numbered_rows(lambda: storage.open_binary(source), source, table)
+    for number, uri, kept in rows:
+        label = kept[label_column]
+        if label is None or isinstance(label, bool) or not str(label).strip():
+            raise ConfigError(f"{source}: row {number}, column {label_column!r}: no label "
+                              "(text or an integer class): fix that row or leave it out")
         info = storage.stat(uri)
-        items.append(LabelledImage(uri, label, info.etag or str(info.size)))
+        items.append(LabelledImage(uri, str(label).strip(), info.etag or str(info.size)))
     return items
 
 

@@ -71,14 +71,17 @@ def _log_progress(epoch: int, step: int, loss: float) -> None:
 def run_finetune(settings: Settings, storage: Storage, registry: Registry, name: str,
                  config: TrainConfig, *, start_ref: str | None = None,
                  base_ref: str | None = None, progress: Progress = _log_progress,
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False,
+                 columns: tuple[str, str] = ("uri", "label")) -> dict[str, Any]:
     """One fine-tuning run, end to end; a JSON-able summary of what happened and why.
+    ``columns``: a labels table's URI and label columns.
 
     Training starts from ``start_ref``, else production, else ``base_ref`` (only while
     ``name`` has no production version), else ImageNet weights.
     """
     started = time.monotonic()
-    items = dataset.list_labelled(storage, settings.train_data)
+    items = dataset.list_labelled(storage, settings.train_data, uri_column=columns[0],
+                                  label_column=columns[1])
     data_print = dataset.fingerprint(items)
     run_print = dataset.fingerprint(items, config.fingerprint_fields())
     current = registry.read_pointer(name)  # the gate's baseline; promotion is CAS against it

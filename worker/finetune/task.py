@@ -24,10 +24,12 @@ logger = logging.getLogger(__name__)
 def train_once(settings: Settings, run_id: str, *, name: str | None = None,
                mode: str | None = None, epochs: int | None = None, start: str | None = None,
                force: bool = False, overrides: dict[str, Any] | None = None,
-               data: str | None = None) -> dict[str, Any]:
+               data: str | None = None, uri_column: str | None = None,
+               label_column: str | None = None) -> dict[str, Any]:
     """Fine-tune ``name`` unless another run holds its lock; returns the run's outcome.
 
-    ``data`` replaces RSTREAM_TRAIN_DATA for this run (``rstream train --data``).
+    ``data`` replaces RSTREAM_TRAIN_DATA for this run (``rstream train --data``);
+    ``uri_column`` and ``label_column`` name a labels table's columns (default uri, label).
     """
     from rstream.worker.finetune.run import run_finetune  # torch: only in the trainer
 
@@ -60,7 +62,8 @@ def train_once(settings: Settings, run_id: str, *, name: str | None = None,
         storage = Storage(settings)
         outcome = run_finetune(settings, storage, Registry(storage, settings.models), name,
                                config, start_ref=start, base_ref=settings.train_base or None,
-                               progress=progress, force=force)
+                               progress=progress, force=force,
+                               columns=(uri_column or "uri", label_column or "label"))
     except Exception as exc:
         logger.exception("fine-tune of %s failed", name)
         runs.update(run_id, status="failed", name=name,
