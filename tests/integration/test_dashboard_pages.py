@@ -31,6 +31,7 @@ from tests.services import REPO, service_unavailable
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.png"
 HOSTILE_LABEL = "<i>red"  # a class folder whose name is markup
+HOSTILE_NOTE = "<b>bold</b>"  # a kept manifest column whose value is markup
 TINTS = {"blue": (0.25, 0.25, 1.0), HOSTILE_LABEL: (1.0, 0.25, 0.25)}
 
 
@@ -47,15 +48,24 @@ def _png(rgb: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-def _scored_job(api_stack: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def _scored_job(api_stack: dict[str, Any], *, table: bool = False
+                ) -> tuple[str, list[dict[str, Any]]]:
+    """A job of 13 photos and 10 bad files; with ``table``, submitted as a JSON lines manifest that
+    keeps a product id and a note (markup, in one row) for every image."""
     settings = api_stack["settings"]
     storage = Storage(settings)
     prefix = f"gallery-{uuid.uuid4().hex[:6]}"
-    write_dataset(storage, prefix, good=12)
-    storage.write(join(prefix, HOSTILE_NAME), _png((10, 200, 10)))
+    uris = write_dataset(storage, prefix, good=12) + [join(prefix, HOSTILE_NAME)]
+    storage.write(uris[-1], _png((10, 200, 10)))
+    body: dict[str, Any] = {"source": prefix, "model": api_stack["model"]}
+    if table:
+        rows = "".join(json.dumps({"uri": uri, "sku": 1000 + i,
+                                   "note": HOSTILE_NOTE if i == 0 else f"row {i}"}) + "\n"
+                       for i, uri in enumerate(uris))
+        storage.write(f"{prefix}-manifest.jsonl", rows.encode())
+        body.update(source=f"{prefix}-manifest.jsonl", keep=["sku", "note"])
     with api_stack["open"].client() as http:
-        job = http.post("/v1/jobs", json={"source": prefix, "model": api_stack["model"]}
-                        ).json()["job"]
+        job = http.post("/v1/jobs", json=body).json()["job"]
         final = poll_done(http, job)
         assert (final["ok"], final["failed"]) == (13, 10), final
         lines = [json.loads(x) for x in
@@ -85,7 +95,7 @@ def _probs(dom: str) -> list[str]:
 def test_the_gallery_its_controls_and_the_throughput_show_the_result_lines(
         api_stack: dict[str, Any], tmp_path: Path) -> None:
     chromium = _chromium()
-    job, lines = _scored_job(api_stack)
+    job, lines = _scored_job(api_stack, table=True)
     url = api_stack["open"].url
     good = [line for line in lines if line["ok"]]
     by_name = {line["uri"].rsplit("/", 1)[-1]: line for line in good}
@@ -107,6 +117,17 @@ def test_the_gallery_its_controls_and_the_throughput_show_the_result_lines(
         assert {html.unescape(r) for r in reasons} == {
             f"{line['error']['type']}: {line['error']['message']}" for line in lines
             if not line["ok"]} and len(reasons) == 10
+        # each tile shows its image's kept columns, as the line carries them, as text
+        tiles = re.findall(r'<figure class="tile[^"]*" data-image="[^"]+">(.*?)</figure>',
+                           dom, re.S)
+        assert len(tiles) == 23
+        for tile in tiles:
+            name = html.unescape(tile.split('<div class="name">', 1)[1].split("</div>", 1)[0])
+            line = next(x for x in lines if x["uri"].rsplit("/", 1)[-1] == name)
+            assert isinstance(line["columns"]["sku"], int)
+            assert [html.unescape(x) for x in re.findall(r"<dd>(.*?)</dd>", tile)] == [
+                str(line["columns"]["sku"]), line["columns"]["note"]]
+        assert html.escape(HOSTILE_NOTE, quote=False) in dom and "<b>bold" not in dom
         assert dom.count('data-series="images/s"') == 1
         assert dom.count('data-series="failed share"') == 1
 
