@@ -3,6 +3,7 @@ moto's S3 over HTTP; and the dashboard in a real headless browser (Debian's chro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +56,29 @@ def test_inline_uris_and_an_idempotent_job_id(api_stack: dict[str, Any]) -> None
         assert poll_done(http, job)["images"] == 4
         listed = http.get("/v1/jobs", params={"limit": 1})
         assert listed.status_code == 200 and len(listed.json()["jobs"]) == 1
+
+
+def test_a_table_over_http_carries_its_columns_and_bad_options_are_refused(
+        api_stack: dict[str, Any]) -> None:
+    settings, model = api_stack["settings"], api_stack["model"]
+    storage = Storage(settings)
+    uris = write_dataset(storage, f"table-{uuid.uuid4().hex[:6]}", good=3)[:3]
+    table = f"tables/{uuid.uuid4().hex[:6]}.csv"
+    storage.write(table, ("sku,url\n" + "".join(f"s{i},{u}\n" for i, u in
+                                                 enumerate(uris))).encode())
+    body = {"source": table, "model": model, "uri_column": "url", "keep": ["sku"]}
+    with api_stack["open"].client() as http:
+        created = http.post("/v1/jobs", json=body)
+        assert created.status_code == 202, created.text
+        poll_done(http, created.json()["job"])
+        lines = http.get(f"/v1/jobs/{created.json()['job']}/results").text.splitlines()
+        assert sorted(json.loads(line)["columns"]["sku"] for line in lines) == ["s0", "s1", "s2"]
+        for change, status, text in [({"format": "xlsx"}, 422, "format"),
+                                     ({"keep": ["url"]}, 400, "names the URI column"),
+                                     ({"keep": ["price"]}, 400, "no column 'price'")]:
+            refused = http.post("/v1/jobs", json={**body, **change})
+            assert refused.status_code == status, refused.text
+            assert text in refused.json()["error"]["message"]
 
 
 def test_tokens_and_scopes(api_stack: dict[str, Any]) -> None:

@@ -345,11 +345,11 @@ def test_labels_come_from_class_folders_or_a_manifest(
         dataset.list_labelled(storage, "bad.jsonl")
 
 
-def test_labels_come_from_a_parquet_or_csv_table_with_named_columns(
-        env: tuple[Settings, Storage, Registry], tmp_path: Path) -> None:
+def test_labels_and_a_run_come_from_a_parquet_or_csv_table_with_named_columns(
+        env: tuple[Settings, Storage, Registry]) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
-    settings, storage, _ = env
+    settings, storage, registry = env
     folders = dataset.list_labelled(storage, settings.train_data)
     classes = sorted({i.label for i in folders})
     ids = [classes.index(i.label) for i in folders]  # a warehouse keeps integer classes
@@ -361,11 +361,19 @@ def test_labels_come_from_a_parquet_or_csv_table_with_named_columns(
                                   label_column="cls")
     assert [(i.uri, i.label, i.tag) for i in table] == [
         (i.uri, str(n), i.tag) for i, n in zip(folders, ids, strict=True)]
-    by_folder = dataset.split(folders, 20, 20)
-    by_table = dataset.split(table, 20, 20)
+    config = TrainConfig(mode="finetune", **LEARNS)
+    by_folder = dataset.split(folders, config.val_percent, config.select_percent)
+    by_table = dataset.split(table, config.val_percent, config.select_percent)
     for part in ("train", "select", "val"):  # the same splits as from the folders
         assert [i.uri for i in getattr(by_table, part)] == [
             i.uri for i in getattr(by_folder, part)]
+    result = run_finetune(dataclasses.replace(settings, train_data="labels.parquet"), storage,
+                          registry, "tints", config, start_ref="random:resnet18:seed=0",
+                          columns=("image", "cls"))
+    assert result["status"] == "promoted" and result["classes"] == ["0", "1"], result
+    meta = registry.read_meta("tints", result["version"])
+    assert meta["training"]["val_images"] == len(by_table.val) > 0
+    assert meta["training"]["select_images"] == len(by_table.select) > 0
     storage.write("labels.csv", ("url,label\n" + "".join(
         f"{i.uri},{i.label}\n" for i in folders[:3]) + f"{folders[3].uri},\n").encode())
     with pytest.raises(ConfigError, match=r"labels.csv: row 4, column 'label': no label"):
