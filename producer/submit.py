@@ -24,6 +24,7 @@ from rstream.shared.jobs.finish import finish
 from rstream.shared.jobs.inputs import InputRecord, segment_size
 from rstream.shared.jobs.resend import resend_unfinished
 from rstream.shared.jobs.results import failed_uris
+from rstream.shared.jobs.sender import SEND_BATCH
 from rstream.shared.jobs.store import CANCELLED, Job, new_job_id
 from rstream.shared.models import refs
 from rstream.shared.models.registry import Registry
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Sent:
-    """How far a submission got; the progress callback sees it after every chunk."""
+    """How far a submission got; the progress callback sees it after every batch of chunks
+    sent."""
 
     job: str
     listed_images: int = 0  # in the input record
@@ -158,8 +160,10 @@ class Submission:
         try:
             if not created:
                 self.sent.listed_images = record.listed_images
+                unsent: list[tuple[int, list[str]]] = []
                 resend_unfinished(self.client.storage, self.jobs, record,
-                                  lambda item: self._send(item.chunk, item.uris))
+                                  lambda item: self._gather(unsent, item.chunk, item.uris))
+                self._send(unsent)
             if not record.listing_done:
                 self._list_record_send(record, fresh)
             elif not created and self.source.kind == "folder":
@@ -227,8 +231,7 @@ class Submission:
         last = segment[-1][-1] if segment else self.jobs.get(self.job).last_uri
         self.jobs.record_listed(self.job, first + len(segment), images, last, done=done)
         self.sent.listed_images = images
-        for offset, uris in enumerate(segment):
-            self._send(first + offset, uris)
+        self._send(list(enumerate(segment, first)))
         return images
 
     def _check_still_running(self) -> None:
@@ -239,13 +242,25 @@ class Submission:
             raise _Ended(f"job {self.job} was cancelled while it was being submitted: "
                          f"{job.images} images were sent, the rest was not")
 
-    def _send(self, chunk: int, uris: list[str]) -> None:
-        self.client.sender.wait_for_room(self.limit)
-        self.client.sender.send(self.record, chunk, uris)
-        self.sent.chunks += 1
-        self.sent.images += len(uris)
-        if self.progress:
-            self.progress(self.sent)
+    def _gather(self, chunks: list[tuple[int, list[str]]], chunk: int, uris: list[str]) -> None:
+        """Collect chunks to send again, sending them a batch at a time."""
+        chunks.append((chunk, uris))
+        if len(chunks) == SEND_BATCH:
+            self._send(chunks)
+            chunks.clear()
+
+    def _send(self, chunks: list[tuple[int, list[str]]]) -> None:
+        """Send ``chunks``, (chunk, URIs) each, in batches as large as the queue has room
+        for (see ``shared/jobs/sender.py``: one pipelined round trip for the marks, one for
+        the messages)."""
+        while chunks:
+            room = self.client.sender.wait_for_room(self.limit)
+            batch, chunks = chunks[:room], chunks[room:]
+            self.client.sender.send_many(self.record, batch)
+            self.sent.chunks += len(batch)
+            self.sent.images += sum(len(uris) for _, uris in batch)
+            if self.progress:
+                self.progress(self.sent)
 
 
 class _Ended(Exception):

@@ -9,7 +9,7 @@ the worker dead-letters instead of running or requeueing.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rstream.shared.errors import ConfigError, InvalidMessage, RstreamError
@@ -59,7 +59,15 @@ class ChunkMessage:
         return match["job"], int(match["chunk"]), int(match["generation"])
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The message as a JSON object; its lists are the message's own, not copies
+        (``dataclasses.asdict`` deep-copies every URI, a third of a fast producer's time)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def summary(self) -> str:
+        """What Flower and the worker's log show of the message (Celery's ``kwargsrepr``):
+        every field but the URIs, which are counted."""
+        shown = {**self.to_dict(), "uris": f"<{len(self.uris)} URIs>"}
+        return repr({"message": shown})
 
     @classmethod
     def from_dict(cls, data: object) -> ChunkMessage:
