@@ -45,7 +45,7 @@ from rstream.producer.client import Client
 from rstream.producer.submit import Sent, submit
 from rstream.shared.constants import INFER_QUEUE, INFER_TASK
 from rstream.shared.jobs.inputs import InputRecord
-from rstream.shared.jobs.sender import ChunkSender
+from rstream.shared.jobs.sender import ChunkSender, Outgoing
 from rstream.shared.jobs.store import Job
 from rstream.shared.queue.inspect import queue_keys
 from rstream.shared.queue.messages import ChunkMessage
@@ -58,11 +58,11 @@ class PerChunkSender(ChunkSender):
     """The sending path before issue 23, as it was: one mark and one ``app.send_task`` per
     chunk (Celery's default ``kwargsrepr``, ``dataclasses.asdict`` for the body)."""
 
-    def send_many(self, job: Job, chunks: Sequence[tuple[int, list[str]]],
-                  generation: int = 0) -> None:
-        for chunk, uris in chunks:
+    def send_many(self, job: Job, chunks: Sequence[Outgoing], generation: int = 0) -> None:
+        for chunk, uris, columns in chunks:
             self.jobs.mark_sent(job.id, chunk, generation, len(uris))
-            message = ChunkMessage(job.id, chunk, uris, job.model, job.results, generation)
+            message = ChunkMessage(job.id, chunk, uris, job.model, job.results, generation,
+                                   columns)
             self.app.send_task(INFER_TASK, kwargs={"message": dataclasses.asdict(message)},
                                queue=INFER_QUEUE, task_id=message.task_id)
 

@@ -22,15 +22,17 @@ from rstream.shared import sources
 from rstream.shared.errors import ConfigError
 from rstream.shared.jobs.finish import finish
 from rstream.shared.jobs.inputs import InputRecord, segment_size
-from rstream.shared.jobs.resend import resend_unfinished
+from rstream.shared.jobs.resend import Unfinished, resend_unfinished
 from rstream.shared.jobs.results import failed_uris
-from rstream.shared.jobs.sender import SEND_BATCH
+from rstream.shared.jobs.sender import SEND_BATCH, Outgoing
 from rstream.shared.jobs.store import CANCELLED, Job, new_job_id
 from rstream.shared.models import refs
 from rstream.shared.models.registry import Registry
 from rstream.shared.names import JOB_ID
 from rstream.shared.settings import Settings
-from rstream.shared.sources import Source, chunked
+from rstream.shared.sources import Source
+from rstream.shared.tables.entries import Chunk, Entry, chunked
+from rstream.shared.tables.reader import Table
 
 logger = logging.getLogger(__name__)
 
@@ -55,44 +57,49 @@ Progress = Callable[[Sent], None]
 def submit(source: str | Iterable[str] | Source, job: str | None = None,
            model: str | None = None, chunk_size: int | None = None, *,
            settings: Settings | None = None, max_pending: int | None = None,
-           client: Client | None = None, progress: Progress | None = None) -> str:
+           client: Client | None = None, progress: Progress | None = None,
+           table: Table | None = None) -> str:
     """Submit every image of ``source`` for scoring; returns the job id.
 
-    ``source`` is a folder, a list file or an iterable of URIs (see ``shared/sources.py``).
+    ``source`` is a folder, a list file or an iterable of URIs (see ``shared/sources.py``);
+    ``table`` reads the list file as a table whose kept columns go into the result lines.
     Resubmitting the same job id with the same arguments continues it from its input record:
     chunks already done are not sent again, and no chunk is counted twice. Other arguments
     under the same id are refused.
     """
     return submit_counted(source, job, model, chunk_size, settings=settings,
-                          max_pending=max_pending, client=client, progress=progress).job
+                          max_pending=max_pending, client=client, progress=progress,
+                          table=table).job
 
 
 def submit_counted(source: str | Iterable[str] | Source, job: str | None = None,
                    model: str | None = None, chunk_size: int | None = None, *,
                    settings: Settings | None = None, max_pending: int | None = None,
-                   client: Client | None = None, progress: Progress | None = None) -> Sent:
+                   client: Client | None = None, progress: Progress | None = None,
+                   table: Table | None = None) -> Sent:
     """:func:`submit`, returning what was sent."""
     return prepare(source, job, model, chunk_size, settings=settings, max_pending=max_pending,
-                   client=client, progress=progress).run()
+                   client=client, progress=progress, table=table).run()
 
 
 def prepare(source: str | Iterable[str] | Source, job: str | None = None,
             model: str | None = None, chunk_size: int | None = None, *,
             settings: Settings | None = None, max_pending: int | None = None,
             client: Client | None = None, progress: Progress | None = None,
-            local_files: bool = True, hints: bool = True) -> Submission:
+            local_files: bool = True, hints: bool = True,
+            table: Table | None = None) -> Submission:
     """A submission with its model, output, job id and source checked, nothing recorded yet:
     :meth:`Submission.run` does the rest (or :meth:`~Submission.open`, then
     :meth:`~Submission.send`, for a server that answers in between). ``local_files=False``
     (the HTTP API) reads list files from storage only; ``hints=False`` names no folder nearby
-    in its errors."""
+    in its errors; ``table`` reads a list file as a table (``shared/tables/``)."""
     settings = settings or (client.settings if client else Settings.from_env())
     client = client or Client(settings)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
     job = JOB_ID.check(job or new_job_id())
     resolved = source if isinstance(source, Source) else sources.resolve(
-        source, client.storage, local_files=local_files, hints=hints)
+        source, client.storage, local_files=local_files, hints=hints, table=table)
     limit = settings.max_pending_chunks if max_pending is None else max_pending
     return Submission(client, job, resolved, model=model, results=settings.results,
                       size=chunk_size or settings.chunk_size, limit=limit, progress=progress)
@@ -127,7 +134,8 @@ class Submission:
         self.record = Job(job)  # the record, once created or resumed
         self.created = False
         self.keep_record = False  # a server keeps a record it answered for, even if empty
-        self._fresh: Iterable[str] | None = None
+        self.table = source.table.to_text() if source.table else ""
+        self._fresh: Iterable[Entry] | None = None
 
     def run(self) -> Sent:
         self.open()
@@ -141,13 +149,15 @@ class Submission:
         model, results, source = self.model, self.results, self.source.location
         if resume:
             self.created = self.jobs.create_or_resume(self.job, model=model, results=results,
-                                                      source=source, chunk_size=self.size)
+                                                      source=source, chunk_size=self.size,
+                                                      table=self.table)
         else:
             self.created = fresh is not None and self.jobs.create(
-                self.job, model=model, results=results, source=source, chunk_size=self.size)
+                self.job, model=model, results=results, source=source, chunk_size=self.size,
+                table=self.table)
             if not self.created:
                 self.jobs.check_same(self.job, model=model, results=results, source=source,
-                                     chunk_size=self.size)
+                                     chunk_size=self.size, table=self.table)
         self._fresh = fresh if self.created else None  # another one created it meanwhile
         return self.created
 
@@ -160,9 +170,9 @@ class Submission:
         try:
             if not created:
                 self.sent.listed_images = record.listed_images
-                unsent: list[tuple[int, list[str]]] = []
+                unsent: list[Outgoing] = []
                 resend_unfinished(self.client.storage, self.jobs, record,
-                                  lambda item: self._gather(unsent, item.chunk, item.uris))
+                                  lambda item: self._gather(unsent, item))
                 self._send(unsent)
             if not record.listing_done:
                 self._list_record_send(record, fresh)
@@ -182,11 +192,11 @@ class Submission:
                     self.sent.images)
         return self.sent
 
-    def _first_uris(self) -> Iterable[str]:
-        """The new job's URIs, with the first one already fetched: a source that is missing,
-        refused or empty fails here, before any record exists."""
+    def _first_uris(self) -> Iterable[Entry]:
+        """The new job's entries, with the first one already fetched: a source that is
+        missing, refused or empty fails here, before any record exists."""
         self.source.check(self.client.storage)
-        uris = self.source.uris(self.client.storage)
+        uris = self.source.entries(self.client.storage)
         first = next(uris, None)
         if first is None:
             raise ConfigError(f"{self._shown()}: no images there: check the folder, prefix or "
@@ -208,11 +218,12 @@ class Submission:
         except Exception:
             logger.exception("could not record why the submission of %s stopped", self.job)
 
-    def _list_record_send(self, record: Job, fresh: Iterable[str] | None) -> None:
+    def _list_record_send(self, record: Job, fresh: Iterable[Entry] | None) -> None:
         """List the source (or its rest), record each segment, then send its chunks."""
-        uris = fresh if fresh is not None else self.source.uris(
+        uris = fresh if fresh is not None else self.source.entries(
             self.client.storage, start_after=record.last_uri, skip=record.listed_images)
-        first, images, segment = record.listed_chunks, record.listed_images, []
+        first, images = record.listed_chunks, record.listed_images
+        segment: list[Chunk] = []
         for chunk in chunked(uris, self.size):
             segment.append(chunk)
             if len(segment) == segment_size(first):
@@ -221,17 +232,18 @@ class Submission:
                 segment = []
         self._record(first, segment, images, done=True)
 
-    def _record(self, first: int, segment: list[list[str]], images: int, *,
+    def _record(self, first: int, segment: list[Chunk], images: int, *,
                 done: bool) -> int:
         """Write one segment to the input record, note it in the job, send its chunks."""
         self._check_still_running()
         if segment:
-            self.inputs.write_segment(first, segment)
-            images += sum(len(uris) for uris in segment)
-        last = segment[-1][-1] if segment else self.jobs.get(self.job).last_uri
+            self.inputs.write_segment(first, [c.uris for c in segment],
+                                      columns=[c.columns for c in segment])
+            images += sum(len(c.uris) for c in segment)
+        last = segment[-1].uris[-1] if segment else self.jobs.get(self.job).last_uri
         self.jobs.record_listed(self.job, first + len(segment), images, last, done=done)
         self.sent.listed_images = images
-        self._send(list(enumerate(segment, first)))
+        self._send([(first + i, c.uris, c.columns) for i, c in enumerate(segment)])
         return images
 
     def _check_still_running(self) -> None:
@@ -242,23 +254,23 @@ class Submission:
             raise _Ended(f"job {self.job} was cancelled while it was being submitted: "
                          f"{job.images} images were sent, the rest was not")
 
-    def _gather(self, chunks: list[tuple[int, list[str]]], chunk: int, uris: list[str]) -> None:
+    def _gather(self, chunks: list[Outgoing], item: Unfinished) -> None:
         """Collect chunks to send again, sending them a batch at a time."""
-        chunks.append((chunk, uris))
+        chunks.append((item.chunk, item.uris, item.columns))
         if len(chunks) == SEND_BATCH:
             self._send(chunks)
             chunks.clear()
 
-    def _send(self, chunks: list[tuple[int, list[str]]]) -> None:
-        """Send ``chunks``, (chunk, URIs) each, in batches as large as the queue has room
-        for (see ``shared/jobs/sender.py``: one pipelined round trip for the marks, one for
-        the messages)."""
+    def _send(self, chunks: list[Outgoing]) -> None:
+        """Send ``chunks``, (chunk, URIs, columns) each, in batches as large as the queue has
+        room for (see ``shared/jobs/sender.py``: one pipelined round trip for the marks, one
+        for the messages)."""
         while chunks:
             room = self.client.sender.wait_for_room(self.limit)
             batch, chunks = chunks[:room], chunks[room:]
             self.client.sender.send_many(self.record, batch)
             self.sent.chunks += len(batch)
-            self.sent.images += sum(len(uris) for _, uris in batch)
+            self.sent.images += sum(len(uris) for _, uris, _ in batch)
             if self.progress:
                 self.progress(self.sent)
 
@@ -267,7 +279,7 @@ class _Ended(Exception):
     """The job was cancelled while it was being submitted."""
 
 
-def _chain(first: str, rest: Iterable[str]) -> Iterable[str]:
+def _chain(first: Entry, rest: Iterable[Entry]) -> Iterable[Entry]:
     yield first
     yield from rest
 
@@ -322,7 +334,8 @@ def prepare_resume(job: str, *, client: Client, progress: Progress | None = None
                               "job id to continue it")
         source = Source("list", record.source, ())
     else:
-        source = sources.resolve(record.source, client.storage, local_files=local_files)
+        source = sources.resolve(record.source, client.storage, local_files=local_files,
+                                 table=Table.from_text(record.table))
     return prepare(source, job=job, model=record.model, chunk_size=record.chunk_size,
                    settings=dataclasses.replace(client.settings, results=record.results),
                    client=client, progress=progress)

@@ -9,6 +9,9 @@ A source is resolved once, and checked, before anything is recorded or sent:
 - a list file, ending in .txt, .jsonl, .list or .manifest, on this machine (relative to the
   current directory, or absolute) or in storage: one URI per line, or JSON objects with a
   ``"uri"`` field; ``#`` comments and blank lines are skipped;
+- a table, ending in .csv, .parquet or .ndjson (or any list file given a table format):
+  a row per image, its URI in one column and other columns kept beside it
+  (``shared/tables/``);
 - in Python, any iterable of URI strings.
 
 A folder or bucket that does not exist, a path outside the root, a bucket that is not
@@ -24,12 +27,16 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import BinaryIO
 
 from rstream.shared.errors import ConfigError, NotFoundError, PermanentError
 from rstream.shared.storage import Storage
+from rstream.shared.tables.entries import Entry, plain
+from rstream.shared.tables.reader import SUFFIXES, Table, read_rows
 from rstream.shared.uris import carried
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".list", ".manifest")
+TABLE_SUFFIXES = tuple(s for s in SUFFIXES if s not in MANIFEST_SUFFIXES)
 LIST = "<list>"  # the recorded source of a job submitted as a list of URIs, with its digest
 
 
@@ -42,13 +49,33 @@ class Source:
     kind: str
     location: str
     items: Iterable[str] | None = None  # kind "list" only
+    table: Table | None = None  # a list file read as a table (shared/tables/)
 
     def check(self, storage: Storage) -> None:
         """Read a list file through once, so that a bad line or bad text is refused before
-        anything is recorded (streamed: memory stays flat whatever its length)."""
-        if self.kind in ("file", "stored-list"):
-            for _ in self.uris(storage):
+        anything is recorded (streamed: memory stays flat whatever its length). A Parquet
+        table is checked by its schema and first row only: its columns are typed."""
+        if self.table is not None and self.table.format == "parquet":
+            next(self.entries(storage), None)
+        elif self.kind in ("file", "stored-list"):
+            for _ in self.entries(storage):
                 pass
+
+    def entries(self, storage: Storage, *, start_after: str = "",
+                skip: int = 0) -> Iterator[Entry]:
+        """(URI, kept columns) lazily, as :meth:`uris` gives the URIs; the columns are None
+        unless the source is a table."""
+        if self.table is None:
+            return plain(self.uris(storage, start_after=start_after, skip=skip))
+        location = self.location
+
+        def opener() -> BinaryIO:  # read_rows closes it
+            if self.kind == "file":
+                return open(location, "rb")
+            return storage.open_binary(location)
+
+        rows = read_rows(opener, location, self.table)
+        return islice(((_carried(uri, location), kept) for uri, kept in rows), skip, None)
 
     def uris(self, storage: Storage, *, start_after: str = "", skip: int = 0) -> Iterator[str]:
         """The URIs, lazily, in a stable order. A folder continues after ``start_after`` (its
@@ -66,23 +93,29 @@ class Source:
 
 
 def resolve(source: str | Iterable[str], storage: Storage, *,
-            local_files: bool = True, hints: bool = True) -> Source:
+            local_files: bool = True, hints: bool = True, table: Table | None = None) -> Source:
     """``source`` resolved and checked; ConfigError, NotFoundError or AccessDeniedError with
     the reason and the fix when it cannot be scored. ``local_files=False`` (the HTTP API)
     takes list files from storage only, never from this machine's own file system;
-    ``hints=False`` leaves out the names of folders nearby (a caller who may not read)."""
+    ``hints=False`` leaves out the names of folders nearby (a caller who may not read).
+    ``table`` reads a list file as a table (a .csv, .parquet or .ndjson file is one anyway)."""
     if not isinstance(source, str):
+        if table is not None:
+            raise ConfigError("a table format, URI column or kept columns need a list file "
+                              "as the source, not a list of URIs")
         return list_source(source)
     text = source.strip()
     if not text:
         raise ConfigError("no source given: name a folder, s3://bucket/prefix/ or a list file")
-    if text.endswith(MANIFEST_SUFFIXES):
+    if table is not None or text.lower().endswith(TABLE_SUFFIXES):
+        table = (table or Table()).for_location(text)
+    if table is not None or text.endswith(MANIFEST_SUFFIXES):
         if local_files and os.path.isfile(text):
-            return Source("file", os.path.abspath(text))
+            return Source("file", os.path.abspath(text), table=table)
         if not storage.exists(text):
             raise NotFoundError(f"{text}: no such list file (here or under the storage "
                                 "root, RSTREAM_STORAGE_ROOT)")
-        return Source("stored-list", text)
+        return Source("stored-list", text, table=table)
     if text.startswith("s3://"):
         return Source("folder", text if text.endswith("/") else text + "/")
     backend, key = storage.resolve(text)  # AccessDeniedError outside the root

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -24,6 +24,7 @@ from rstream.producer.submit import prepare, prepare_resume, retry
 from rstream.producer.watch.record import all_watches
 from rstream.shared.jobs.results import job_lines
 from rstream.shared.names import JOB_ID
+from rstream.shared.tables.reader import MAX_KEEP, from_options
 from rstream.shared.uris import MAX_CARRIED
 
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CARRIED)]
@@ -42,6 +43,12 @@ class SubmitBody(BaseModel):
                             "same arguments returns the existing job")
     chunk_size: int | None = Field(None, ge=1, le=10_000,
                                    description="default: RSTREAM_CHUNK_SIZE")
+    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+        None, description="read the list file as a table (default: by its extension)")
+    uri_column: str | None = Field(None, min_length=1, max_length=256,
+                                   description="the table's column of URIs (default: uri)")
+    keep: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
+        None, max_length=MAX_KEEP, description="table columns carried into every result line")
 
     @model_validator(mode="after")
     def _one_source(self) -> SubmitBody:
@@ -68,8 +75,9 @@ def add_routes(app: FastAPI, ctx: ApiContext) -> None:
         assert source is not None
         # "Did you mean photos/?" names folders: only for a caller who may read.
         hints = "read" in ctx.tokens.scopes(authorization)
+        table = from_options(body.format, body.uri_column, body.keep)
         submission = prepare(source, body.job, body.model, body.chunk_size, client=client,
-                             local_files=False, hints=hints)
+                             local_files=False, hints=hints, table=table)
         submission.keep_record = True
         if not submission.open(resume=False):
             return JSONResponse({**ctx.job_view(submission.job), "existing": True},

@@ -19,6 +19,7 @@ from rstream.shared.jobs.store import DONE, FAILED, RUNNING, new_job_id
 from rstream.shared.names import JOB_ID
 from rstream.shared.queue import deadletters
 from rstream.shared.settings import Settings
+from rstream.shared.tables.reader import FORMATS, from_options
 
 
 def add_parsers(commands: Commands) -> None:
@@ -26,7 +27,8 @@ def add_parsers(commands: Commands) -> None:
     p = commands.add_parser("submit", help="submit a folder, a list file or a prefix for "
                             "scoring; prints the job id first")
     p.add_argument("source", help="a folder under RSTREAM_STORAGE_ROOT, s3://bucket/prefix/, "
-                   "or a list file (.txt/.jsonl/.list/.manifest) of URIs")
+                   "a list file (.txt/.jsonl/.list/.manifest) of URIs, or a table "
+                   "(.csv/.jsonl/.ndjson/.parquet)")
     p.add_argument("--job", help="job id (default: generated); the same id and arguments "
                    "continue the job from its input record")
     p.add_argument("--model", help="model reference (default: RSTREAM_MODEL)")
@@ -35,6 +37,11 @@ def add_parsers(commands: Commands) -> None:
     p.add_argument("--wait", action="store_true", help="then wait for the job with a progress "
                    "bar")
     p.add_argument("--strict", action="store_true", help="with --wait: exit 1 if any image failed")
+    p.add_argument("--format", choices=FORMATS, help="read the list file as a table of this "
+                   "format (default: by its extension; .jsonl stays a URI list without it)")
+    p.add_argument("--uri-column", help="the table's column of image URIs (default: uri)")
+    p.add_argument("--keep", metavar="COL,COL", help="table columns to carry into every "
+                   "result line of the image, unchanged in type, under \"columns\"")
     p.set_defaults(handler=submit_command)
 
     p = commands.add_parser("status", help="a job's counts, rate and ETA, and what it waits "
@@ -97,7 +104,8 @@ def submit_command(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         sent = submit_counted(args.source, job=job, model=args.model,
-                              chunk_size=args.chunk_size, client=client, progress=progress)
+                              chunk_size=args.chunk_size, client=client, progress=progress,
+                              table=from_options(args.format, args.uri_column, args.keep))
     except KeyboardInterrupt:
         print(f"rstream: interrupted: {_continue_hint(client, job)}", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from rstream.shared.jobs.inputs import InputRecord
 from rstream.shared.jobs.results import failed_uris
@@ -30,12 +31,14 @@ from rstream.shared.storage import Storage
 
 @dataclass(frozen=True)
 class Unfinished:
-    """A chunk that needs a message: its URIs, and whether one was ever sent."""
+    """A chunk that needs a message: its URIs (and their kept columns, for a first
+    generation from a table), and whether one was ever sent."""
 
     chunk: int
     generation: int
     uris: list[str]
     sent: bool
+    columns: list[dict[str, Any]] | None = None
 
 
 def unfinished(storage: Storage, jobs: JobStore, job: Job, *,
@@ -47,16 +50,16 @@ def unfinished(storage: Storage, jobs: JobStore, job: Job, *,
         yield from _lost(storage, jobs, job, held, sent_before)
         return
     record = InputRecord(storage, job.results, job.id)
-    for segment in record.segments_below(job.listed_chunks):
-        numbers = [chunk for chunk, _ in segment]
+    for segment in record.chunks_below(job.listed_chunks):
+        numbers = [chunk for chunk, _, _ in segment]
         sent = jobs.sent_chunks(job.id, numbers, 0)
         done = jobs.done_chunks(job.id, numbers, 0)
-        for chunk, uris in segment:
+        for chunk, uris, columns in segment:
             if chunk in done:
                 continue
             if chunk in sent and held is not None and task_id(job.id, chunk, 0) in held:
                 continue
-            yield Unfinished(chunk, 0, uris, chunk in sent)
+            yield Unfinished(chunk, 0, uris, chunk in sent, columns)
 
 
 def _lost(storage: Storage, jobs: JobStore, job: Job, held: Collection[str] | None,
@@ -65,10 +68,11 @@ def _lost(storage: Storage, jobs: JobStore, job: Job, held: Collection[str] | No
     for chunk, generation in jobs.sent_not_settled(job.id, sent_before):
         if held is not None and task_id(job.id, chunk, generation) in held:
             continue
-        uris = record.chunk(chunk) if generation == 0 else \
-            failed_uris(storage, job.results, job.id, chunk)
+        # A retry chunk needs no columns: its lines keep the ones of the lines they replace.
+        uris, columns = record.chunk_entries(chunk) if generation == 0 else \
+            (failed_uris(storage, job.results, job.id, chunk), None)
         if uris:
-            yield Unfinished(chunk, generation, uris, True)
+            yield Unfinished(chunk, generation, uris, True, columns)
 
 
 def resend_unfinished(storage: Storage, jobs: JobStore, job: Job,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 
@@ -27,6 +28,8 @@ from rstream.shared.queue.publish import send_chunk, send_chunks
 
 # Chunks in one pipelined round trip of send_many (a segment of the input record at most).
 SEND_BATCH = 256
+# A chunk to send: its number, its URIs and their kept columns (None: a source without).
+Outgoing = tuple[int, list[str], list[dict[str, Any]] | None]
 
 
 class ChunkSender:
@@ -54,21 +57,24 @@ class ChunkSender:
             return 0
         return min(room, SEND_BATCH) if limit else SEND_BATCH
 
-    def send(self, job: Job, chunk: int, uris: list[str], generation: int = 0) -> None:
-        """Count the chunk as sent (once per chunk and generation), then publish it."""
+    def send(self, job: Job, chunk: int, uris: list[str], generation: int = 0,
+             columns: list[dict[str, Any]] | None = None) -> None:
+        """Count the chunk as sent (once per chunk and generation), then publish it;
+        ``columns``: its URIs' kept columns (a table source)."""
         self.jobs.mark_sent(job.id, chunk, generation, len(uris))
-        self.publish(ChunkMessage(job.id, chunk, uris, job.model, job.results, generation))
+        self.publish(ChunkMessage(job.id, chunk, uris, job.model, job.results, generation,
+                                  columns))
 
-    def send_many(self, job: Job, chunks: Sequence[tuple[int, list[str]]],
-                  generation: int = 0) -> None:
-        """:meth:`send` for many chunks of one job, (chunk, URIs) each, in two round trips per
-        :data:`SEND_BATCH`: the marks of all, then the messages of all."""
+    def send_many(self, job: Job, chunks: Sequence[Outgoing], generation: int = 0) -> None:
+        """:meth:`send` for many chunks of one job, (chunk, URIs, columns) each, in two round
+        trips per :data:`SEND_BATCH`: the marks of all, then the messages of all."""
         for start in range(0, len(chunks), SEND_BATCH):
             batch = chunks[start:start + SEND_BATCH]
-            self.jobs.mark_sent_many(job.id, [(chunk, len(uris)) for chunk, uris in batch],
+            self.jobs.mark_sent_many(job.id, [(chunk, len(uris)) for chunk, uris, _ in batch],
                                      generation)
             send_chunks(self.app, [ChunkMessage(job.id, chunk, uris, job.model, job.results,
-                                                generation) for chunk, uris in batch])
+                                                generation, columns)
+                                   for chunk, uris, columns in batch])
 
     def publish(self, message: ChunkMessage) -> None:
         """Publish one chunk task (already counted as sent)."""

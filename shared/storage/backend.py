@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from rstream.shared.errors import NotFoundError, ObjectTooLarge
 
@@ -63,6 +64,12 @@ class Backend(ABC):
     @abstractmethod
     def read_lines(self, key: str) -> Iterator[str]:
         """The object's text, UTF-8, line by line, streamed; PermanentError if not UTF-8."""
+
+    @abstractmethod
+    def open_binary(self, key: str) -> BinaryIO:
+        """The object as a seekable binary file to read from, never read whole into memory
+        (a local file itself; an S3 object spooled to a temporary file); the caller closes
+        it. NotFoundError when it is absent."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from rstream.shared.errors import (
     AccessDeniedError,
@@ -153,6 +154,12 @@ class LocalBackend(Backend):
         except UnicodeDecodeError as exc:
             raise PermanentError(f"{self.uri(key)}: not UTF-8 text ({exc.reason} at byte "
                                  f"{exc.start})") from None
+
+    def open_binary(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri(key)}: no such file") from None
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from rstream.shared.errors import AccessDeniedError, PermanentError
@@ -123,6 +123,12 @@ class Storage:
         """The object's text, line by line, streamed; PermanentError if it is not UTF-8."""
         backend, key = self.resolve(uri)
         return backend.read_lines(key)
+
+
+    def open_binary(self, uri: str) -> BinaryIO:
+        """The object as a seekable binary file, not read into memory; the caller closes it."""
+        backend, key = self.resolve(uri)
+        return backend.open_binary(key)
 
 
 def join(prefix: str, *names: str) -> str:

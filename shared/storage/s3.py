@@ -7,8 +7,9 @@ TransientError or PermanentError with the URI in the message.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import boto3
 from botocore.config import Config
@@ -129,6 +130,17 @@ class S3Backend(Backend):
                                          f"({exc.reason})") from None
         except (ClientError, BotoCoreError) as exc:
             _raise_mapped(exc, self.uri(key))
+
+    def open_binary(self, key: str) -> BinaryIO:
+        # Spooled to disk, not memory: a Parquet reader seeks, and a manifest may be large.
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+        try:
+            self.client.download_fileobj(self.bucket, key, spool)
+        except (ClientError, BotoCoreError) as exc:
+            spool.close()
+            _raise_mapped(exc, self.uri(key))
+        spool.seek(0)
+        return spool
 
     def delete(self, key: str) -> None:
         try:

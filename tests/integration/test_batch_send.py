@@ -117,7 +117,7 @@ def test_a_worker_scores_batch_sent_chunks_as_it_scores_send_task_ones(
     client.jobs.mark_sent(job, 0, 0, 4)
     client.app.send_task(INFER_TASK, queue=INFER_QUEUE, task_id=f"{job}:0:0", kwargs={
         "message": ChunkMessage(job, 0, uris[:4], MODEL, settings.results).to_dict()})
-    client.sender.send_many(record, [(1, uris[4:8]), (2, uris[8:])])
+    client.sender.send_many(record, [(1, uris[4:8], None), (2, uris[8:], None)])
     client.jobs.end_submit(job)
     worker = WorkerProcess(settings, tmp_path / "worker.log", "batch").wait_ready()
     try:

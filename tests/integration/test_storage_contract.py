@@ -97,6 +97,19 @@ def test_reading_a_missing_key_raises_not_found_naming_it(target: Target) -> Non
     assert target.where("missing/key.jpg") in str(info.value)
 
 
+def test_open_binary_reads_the_object_as_a_seekable_file(target: Target) -> None:
+    data = bytes(range(256)) * 16
+    target.storage.write(target.uri("t/m.parquet"), data)
+    with target.storage.open_binary(target.uri("t/m.parquet")) as file:
+        file.seek(-4, 2)  # a Parquet reader starts from the footer
+        assert file.read() == data[-4:]
+        file.seek(0)
+        assert file.read() == data
+    with pytest.raises(NotFoundError) as info:
+        target.storage.open_binary(target.uri("t/missing.parquet"))
+    assert target.where("t/missing.parquet") in str(info.value)
+
+
 def test_listing_crosses_pages_lazily(target: Target) -> None:
     names = [f"many/{i // 1000}/{i:04d}" for i in range(2500)]
     target.bulk_put(names)

@@ -74,7 +74,7 @@ class Sweeper(Loop):
         return resent
 
     def _send_again(self, job: Job, item: Unfinished, *, age_s: float) -> None:
-        self.sender.send(job, item.chunk, item.uris, item.generation)
+        self.sender.send(job, item.chunk, item.uris, item.generation, item.columns)
         logger.warning("job %s chunk %d: sent more than %.0f s ago and neither queued, running "
                        "nor done (a message lost with Redis?): sent again", job.id, item.chunk,
                        age_s)

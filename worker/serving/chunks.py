@@ -161,12 +161,26 @@ def write_part(message: ChunkMessage, ctx: ChunkContext, lines: list[Line]) -> d
     summary = {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"],
                "model": scored_by(lines) or message.model, "errors": failure_reasons(lines)}
     uri = part_uri(message.results, message.job, message.chunk)
-    part = replace_lines(read_part(ctx.storage, uri), lines) if message.generation > 0 \
-        else lines
+    with_columns(lines, message.columns)
+    part = lines
+    if message.generation > 0:
+        existing = read_part(ctx.storage, uri)
+        kept = {line["uri"]: line["columns"] for line in existing if "columns" in line}
+        for line in lines:  # a retried image keeps the columns it was submitted with
+            if line["uri"] in kept:
+                line.setdefault("columns", kept[line["uri"]])
+        part = replace_lines(existing, lines)
     ctx.storage.write(uri, encode(part))
     ended = ctx.jobs.complete(message.job, message.chunk, message.generation, count_lines(part))
     finish(ctx.storage, ctx.jobs, message.job, ended=ended, log_fields=log_fields(message))
     return summary
+
+
+def with_columns(lines: list[Line], columns: list[dict[str, Any]] | None) -> None:
+    """Put each URI's kept columns (a table source's) into its line, as ``columns``."""
+    if columns is not None:
+        for line, kept in zip(lines, columns, strict=True):
+            line["columns"] = kept
 
 
 def check_against_record(message: ChunkMessage, jobs: JobStore) -> Job:
@@ -207,7 +221,8 @@ def finish_failed_job(message: ChunkMessage, ctx: ChunkContext, reason: str) -> 
         job = ctx.jobs.get(message.job)
         for item in unfinished(ctx.storage, ctx.jobs, job):
             if item.sent and item.chunk != message.chunk:
-                failed = ChunkMessage(job.id, item.chunk, item.uris, job.model, job.results)
+                failed = ChunkMessage(job.id, item.chunk, item.uris, job.model, job.results,
+                                      columns=item.columns)
                 write_part(failed, ctx, _error_lines(failed, JobFailed(reason)))
                 written += 1
     except Exception:  # the queued messages still give these chunks their lines
