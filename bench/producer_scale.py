@@ -2,14 +2,19 @@
 
     .venv/bin/python -m bench.producer_scale [--count 1000000] [--chunk-size 64]
                                              [--limited-count 200000] [--max-pending 256]
-                                             [--drain-chunks-per-s 400]
+                                             [--drain-chunks-per-s 400] [--out FILE]
 
-A manifest of ``--count`` URIs is written to a temp file, then submitted twice to a private
-``redis-server`` on a free port, with no worker consuming:
+A manifest of ``--count`` URIs is written to a temp file, then submitted three times to a
+private ``redis-server`` on a free port, with no worker consuming:
 
-- ``unlimited``: backpressure off (``max_pending=0``): every chunk message piles up in Redis.
-  Measures URIs/s, the producer's resident memory (VmRSS) at 10k, 100k, 1M... URIs sent and
-  its peak (VmHWM), and Redis ``used_memory`` per queued URI.
+- ``per_chunk``: the path before issue 23, kept here as the baseline: for each chunk one
+  ``mark_sent`` call and one ``app.send_task`` (with its task-sent event), each its own round
+  trip; backpressure off.
+- ``unlimited``: today's path (``ChunkSender.send_many``: the marks of a batch in one
+  pipelined call, its messages and events in one kombu pipeline), backpressure off
+  (``max_pending=0``): every chunk message piles up in Redis. Measures URIs/s, the producer's
+  resident memory (VmRSS) at 10k, 100k, 1M... URIs sent and its peak (VmHWM), and Redis
+  ``used_memory`` per queued URI. ``speedup`` is its URIs/s over ``per_chunk``'s.
 - ``limited``: backpressure on (``--max-pending`` chunks) for ``--limited-count`` URIs, with a
   thread that pops chunk messages from the queue at ``--drain-chunks-per-s``, playing the
   workers. The producer then sends only as fast as the queue drains, the queue stays at the
@@ -23,26 +28,43 @@ one message per chunk); only the consumer is played.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bench.report import machine
+from bench.report import emit, machine
 from bench.services import memory_kib, redis_server, reset_peak_memory
 from rstream.producer.client import Client
 from rstream.producer.submit import Sent, submit
-from rstream.shared.constants import INFER_QUEUE
+from rstream.shared.constants import INFER_QUEUE, INFER_TASK
 from rstream.shared.jobs.inputs import InputRecord
+from rstream.shared.jobs.sender import ChunkSender, Outgoing
+from rstream.shared.jobs.store import Job
 from rstream.shared.queue.inspect import queue_keys
+from rstream.shared.queue.messages import ChunkMessage
 from rstream.shared.settings import Settings
 
 MODEL = "random:resnet18"  # not loaded: the producer only checks registry names
+
+
+class PerChunkSender(ChunkSender):
+    """The sending path before issue 23, as it was: one mark and one ``app.send_task`` per
+    chunk (Celery's default ``kwargsrepr``, ``dataclasses.asdict`` for the body)."""
+
+    def send_many(self, job: Job, chunks: Sequence[Outgoing], generation: int = 0) -> None:
+        for chunk, uris, columns in chunks:
+            self.jobs.mark_sent(job.id, chunk, generation, len(uris))
+            message = ChunkMessage(job.id, chunk, uris, job.model, job.results, generation,
+                                   columns)
+            self.app.send_task(INFER_TASK, kwargs={"message": dataclasses.asdict(message)},
+                               queue=INFER_QUEUE, task_id=message.task_id)
 
 
 def write_manifest(path: Path, count: int) -> None:
@@ -109,14 +131,16 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def run_unlimited(client: Client, manifest: Path, count: int) -> dict[str, Any]:
+def run_unlimited(client: Client, manifest: Path, count: int,
+                  job: str = "scale-unlimited") -> dict[str, Any]:
     r = client.jobs.redis
+    r.flushdb()  # our private server: an earlier run's messages go
     before = used_memory(r)
     recorder = Recorder(count)
-    submit(str(manifest), job="scale-unlimited", model=MODEL, client=client, max_pending=0,
+    submit(str(manifest), job=job, model=MODEL, client=client, max_pending=0,
            progress=recorder)
     seconds = time.perf_counter() - recorder.start
-    record = InputRecord(client.storage, client.settings.results, "scale-unlimited")
+    record = InputRecord(client.storage, client.settings.results, job)
     queued = sum(int(r.llen(k)) for k in queue_keys(INFER_QUEUE))
     grown = used_memory(r) - before
     sample = r.lindex(INFER_QUEUE, -1) or b""  # the first chunk sent: a full one
@@ -156,6 +180,7 @@ def main() -> None:
     parser.add_argument("--limited-count", type=int, default=200_000)
     parser.add_argument("--max-pending", type=int, default=256)
     parser.add_argument("--drain-chunks-per-s", type=float, default=400.0)
+    parser.add_argument("--out", help="also write the JSON report here")
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rstream-scale-") as tmp, \
@@ -166,22 +191,28 @@ def main() -> None:
                                      chunk_size=opts.chunk_size,
                                      max_pending_chunks=opts.max_pending, log_level="warning")
         client = Client(settings)
+        baseline = Client(settings)
+        baseline.sender = PerChunkSender(baseline.jobs, baseline.app)
+        per_chunk = run_unlimited(baseline, manifest, opts.count, "scale-per-chunk")
         unlimited = run_unlimited(client, manifest, opts.count)
+        unlimited["speedup"] = round(unlimited["uris_per_s"] / per_chunk["uris_per_s"], 2)
         limited_manifest = Path(tmp) / "limited.txt"
         write_manifest(limited_manifest, min(opts.limited_count, opts.count))
         limited = run_limited(client, limited_manifest, min(opts.limited_count, opts.count),
                               url, opts.drain_chunks_per_s)
-    result = {"unlimited": unlimited, "limited": limited, "machine": machine(),
-              "settings": vars(opts)}
+    result = {"per_chunk": per_chunk, "unlimited": unlimited, "limited": limited,
+              "machine": machine(), "settings": vars(opts)}
     rows = [f"{'run':10} {'URIs':>9} {'URIs/s':>8} {'RSS MiB at each checkpoint':>30}"]
-    for name, run in (("unlimited", unlimited), ("limited", limited)):
+    for name, run in (("per_chunk", per_chunk), ("unlimited", unlimited),
+                      ("limited", limited)):
         rss = " ".join(f"{c['uris'] // 1000}k:{c['rss_mib']}" for c in run["checkpoints"])
         rows.append(f"{name:10} {run['uris']:9d} {run['uris_per_s']:8d} {rss:>30}")
+    rows.append(f"batched over per-chunk: {unlimited['speedup']}x")
     rows.append(f"Redis: {unlimited['redis_bytes_per_uri']} bytes per queued URI; with "
                 f"backpressure at most {limited['max_chunks_queued']} chunks queued, "
                 f"{limited['redis_max_used_memory_mib']} MiB")
     print("\n".join(rows), file=sys.stderr)
-    print(json.dumps(result, indent=2))
+    emit(result, opts.out)
 
 
 if __name__ == "__main__":

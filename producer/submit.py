@@ -16,15 +16,15 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from rstream.producer.client import Client
 from rstream.shared import sources
 from rstream.shared.errors import ConfigError
 from rstream.shared.jobs.finish import finish
 from rstream.shared.jobs.inputs import InputRecord, segment_size
-from rstream.shared.jobs.resend import resend_unfinished
+from rstream.shared.jobs.resend import Unfinished, resend_unfinished
 from rstream.shared.jobs.results import failed_uris
+from rstream.shared.jobs.sender import SEND_BATCH, Outgoing
 from rstream.shared.jobs.store import CANCELLED, Job, new_job_id
 from rstream.shared.models import refs
 from rstream.shared.models.registry import Registry
@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Sent:
-    """How far a submission got; the progress callback sees it after every chunk."""
+    """How far a submission got; the progress callback sees it after every batch of chunks
+    sent."""
 
     job: str
     listed_images: int = 0  # in the input record
@@ -169,8 +170,10 @@ class Submission:
         try:
             if not created:
                 self.sent.listed_images = record.listed_images
+                unsent: list[Outgoing] = []
                 resend_unfinished(self.client.storage, self.jobs, record,
-                                  lambda item: self._send(item.chunk, item.uris, item.columns))
+                                  lambda item: self._gather(unsent, item))
+                self._send(unsent)
             if not record.listing_done:
                 self._list_record_send(record, fresh)
             elif not created and self.source.kind == "folder":
@@ -240,8 +243,7 @@ class Submission:
         last = segment[-1].uris[-1] if segment else self.jobs.get(self.job).last_uri
         self.jobs.record_listed(self.job, first + len(segment), images, last, done=done)
         self.sent.listed_images = images
-        for offset, c in enumerate(segment):
-            self._send(first + offset, c.uris, c.columns)
+        self._send([(first + i, c.uris, c.columns) for i, c in enumerate(segment)])
         return images
 
     def _check_still_running(self) -> None:
@@ -252,14 +254,25 @@ class Submission:
             raise _Ended(f"job {self.job} was cancelled while it was being submitted: "
                          f"{job.images} images were sent, the rest was not")
 
-    def _send(self, chunk: int, uris: list[str],
-              columns: list[dict[str, Any]] | None = None) -> None:
-        self.client.sender.wait_for_room(self.limit)
-        self.client.sender.send(self.record, chunk, uris, columns=columns)
-        self.sent.chunks += 1
-        self.sent.images += len(uris)
-        if self.progress:
-            self.progress(self.sent)
+    def _gather(self, chunks: list[Outgoing], item: Unfinished) -> None:
+        """Collect chunks to send again, sending them a batch at a time."""
+        chunks.append((item.chunk, item.uris, item.columns))
+        if len(chunks) == SEND_BATCH:
+            self._send(chunks)
+            chunks.clear()
+
+    def _send(self, chunks: list[Outgoing]) -> None:
+        """Send ``chunks``, (chunk, URIs, columns) each, in batches as large as the queue has
+        room for (see ``shared/jobs/sender.py``: one pipelined round trip for the marks, one
+        for the messages)."""
+        while chunks:
+            room = self.client.sender.wait_for_room(self.limit)
+            batch, chunks = chunks[:room], chunks[room:]
+            self.client.sender.send_many(self.record, batch)
+            self.sent.chunks += len(batch)
+            self.sent.images += sum(len(uris) for _, uris, _ in batch)
+            if self.progress:
+                self.progress(self.sent)
 
 
 class _Ended(Exception):

@@ -28,3 +28,25 @@ class LuaScript:
             return self.client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return self.client.eval(self.text, len(keys), *keys, *args)
+
+    def many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """The script once per (keys, args) of ``calls``, pipelined in one round trip; the
+        calls answered NOSCRIPT run again with EVAL (a second round trip), so each call runs
+        once. The first other error is raised, after every call has run."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            results = pipe.execute(raise_on_error=False)
+        missing = [i for i, result in enumerate(results)
+                   if isinstance(result, redis.exceptions.NoScriptError)]
+        if missing:
+            with self.client.pipeline(transaction=False) as pipe:
+                for i in missing:
+                    keys, args = calls[i]
+                    pipe.eval(self.text, len(keys), *keys, *args)
+                for i, result in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                    results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)

@@ -20,7 +20,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -256,6 +256,14 @@ class JobStore:
         a duplicate, the sweeper): then only the time is renewed."""
         keys = self._keys(job)[:2]
         return bool(self._mark_sent(keys, [f"{chunk}:{generation}", images, generation, self.ttl]))
+
+    def mark_sent_many(self, job: str, chunks: Sequence[tuple[int, int]],
+                       generation: int) -> list[bool]:
+        """:meth:`mark_sent` for many (chunk, images) of one job, in one round trip."""
+        keys = self._keys(job)[:2]
+        return [bool(counted) for counted in self._mark_sent.many(
+            [(keys, [f"{chunk}:{generation}", images, generation, self.ttl])
+             for chunk, images in chunks])]
 
     def is_done(self, job: str, chunk: int, generation: int) -> bool:
         return bool(self.redis.hexists(JOB_DONE_KEY.format(job=job), f"{chunk}:{generation}"))

@@ -7,7 +7,6 @@ from kombu import Queue
 
 from rstream.shared.connections import broker
 from rstream.shared.constants import FINETUNE_TASK, INFER_QUEUE, INFER_TASK, TRAIN_QUEUE
-from rstream.shared.queue.messages import ChunkMessage
 from rstream.shared.settings import Settings
 
 
@@ -70,9 +69,3 @@ def unacked_mutex_expire(settings: Settings) -> int:
     short enough that a worker killed while holding it delays redelivery by little."""
     return max(5, min(30, settings.visibility_timeout // 4))
 
-
-def send_chunk(app: Celery, message: ChunkMessage) -> None:
-    """Send one chunk task; its id comes from (job, chunk, generation), so a chunk sent again
-    is the same task."""
-    app.send_task(INFER_TASK, kwargs={"message": message.to_dict()}, queue=INFER_QUEUE,
-                  task_id=message.task_id)

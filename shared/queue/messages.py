@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from rstream.shared.errors import ConfigError, InvalidMessage, RstreamError
@@ -66,10 +66,21 @@ class ChunkMessage:
         return match["job"], int(match["chunk"]), int(match["generation"])
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The message as a JSON object (without ``columns`` when it has none); its lists are
+        the message's own, not copies (``dataclasses.asdict`` deep-copies every URI, a third
+        of a fast producer's time)."""
+        data = {field.name: getattr(self, field.name) for field in fields(self)}
         if self.columns is None:
             del data["columns"]
         return data
+
+    def summary(self) -> str:
+        """What Flower and the worker's log show of the message (Celery's ``kwargsrepr``):
+        every field but the URIs and their kept columns, which are counted."""
+        shown = {**self.to_dict(), "uris": f"<{len(self.uris)} URIs>"}
+        if self.columns is not None:
+            shown["columns"] = f"<{len(self.columns)} rows>"
+        return repr({"message": shown})
 
     @classmethod
     def from_dict(cls, data: object) -> ChunkMessage:
