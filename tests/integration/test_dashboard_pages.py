@@ -55,7 +55,7 @@ def _scored_job(api_stack: dict[str, Any], *, table: bool = False
     settings = api_stack["settings"]
     storage = Storage(settings)
     prefix = f"gallery-{uuid.uuid4().hex[:6]}"
-    uris = write_dataset(storage, prefix, good=12) + [join(prefix, HOSTILE_NAME)]
+    uris = [*write_dataset(storage, prefix, good=12), join(prefix, HOSTILE_NAME)]
     storage.write(uris[-1], _png((10, 200, 10)))
     body: dict[str, Any] = {"source": prefix, "model": api_stack["model"]}
     if table:
