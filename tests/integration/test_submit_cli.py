@@ -129,8 +129,8 @@ def test_a_resubmission_with_other_arguments_is_refused(cli: Cli) -> None:
     assert cli.run("submit", "photos", "--job", "args", "--model", MODEL).returncode == 0
     result = cli.run("submit", "photos", "--job", "args", "--model", MODEL,
                      "--chunk-size", "2")
-    one_line_error(result, "job args already exists with another source, model, output or "
-                           "chunk size")
+    one_line_error(result, "job args already exists with another source, model, output, "
+                           "chunk size or table columns")
 
 
 # --- 2. missing, empty and wrong sources -----------------------------------------------
