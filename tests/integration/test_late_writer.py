@@ -104,3 +104,20 @@ def test_a_retry_generation_is_fenced_by_its_own_done_flag(ctx: ChunkContext) ->
     assert late["refused"]
     assert read_part(ctx.storage, uri) == after_retry
     assert count_lines(after_retry)["models"] == chunk_models(ctx.jobs, message.job)
+
+
+def test_a_late_write_to_s3_is_refused_by_the_conditional_create(
+        redis_server: str, s3_settings: Settings, s3_bucket: str) -> None:
+    store, storage = JobStore.from_url(redis_server, 600), Storage(s3_settings)
+    s3 = ChunkContext(NoEngine(), storage, store)
+    results = f"s3://{s3_bucket}/results"
+    job = f"late-{uuid.uuid4().hex[:8]}"
+    store.create_or_resume(job, model="random:resnet18", results=results, source="img/",
+                           chunk_size=3)
+    store.mark_sent(job, 0, 0, len(URIS))
+    store.end_submit(job)
+    message = ChunkMessage(job, 0, URIS, "random:resnet18", results)
+    write_part(message, s3, scored("m@1"))
+    assert write_part(message, s3, scored("m@2"))["refused"]
+    assert read_part(storage, part_uri(results, job, 0)) == scored("m@1")
+    assert chunk_models(store, job) == {"m@1": 3}
