@@ -46,19 +46,24 @@ class LocalBackend(Backend):
         (the root is ``rstream config``'s RSTREAM_STORAGE_ROOT)."""
         return key or "."
 
-    def path(self, key: str) -> Path:
-        """The file behind ``key``; refuses any key that resolves outside the root."""
+    def path(self, key: str, *, last_link: bool = True) -> Path:
+        """The file behind ``key``; refuses any key that resolves outside the root.
+
+        ``last_link=False`` leaves a symlink in the last component unresolved, for a caller
+        that opens it with ``O_NOFOLLOW`` (which refuses it) and then asks again.
+        """
         if "\x00" in key:
             raise AccessDeniedError(f"{key!r}: a NUL byte is not allowed in a path")
-        resolved = self._resolve(os.path.join(self._root_text, key))
+        resolved = self._resolve(os.path.join(self._root_text, key), last_link)
         if resolved != self._root_text and not resolved.startswith(self._root_text + os.sep):
             raise AccessDeniedError(
                 f"{key}: outside the storage root (RSTREAM_STORAGE_ROOT): use a path inside "
                 "the root, or change RSTREAM_STORAGE_ROOT")
         return Path(resolved)
 
-    def _resolve(self, joined: str) -> str:
-        """``os.path.realpath(joined)``, with the folder's part cached for ``_DIR_CACHE_S``."""
+    def _resolve(self, joined: str, last_link: bool = True) -> str:
+        """``os.path.realpath(joined)``, with the folder's part cached for ``_DIR_CACHE_S``
+        (and the last component left as it is unless ``last_link``)."""
         folder, name = os.path.split(joined)
         if name in ("", ".", ".."):
             return os.path.realpath(joined)
@@ -70,12 +75,11 @@ class LocalBackend(Backend):
             cached = (os.path.realpath(folder), now + _DIR_CACHE_S)
             self._dirs[folder] = cached
         resolved = os.path.join(cached[0], name)
-        return os.path.realpath(resolved) if os.path.islink(resolved) else resolved
+        return os.path.realpath(resolved) if last_link and os.path.islink(resolved) else resolved
 
     def read_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
-        path = self.path(key)
         try:
-            with open(path, "rb") as f:  # the size and ETag of the very file that is read
+            with open(self._open_to_read(key), "rb") as f:  # the size and ETag of this file
                 st = os.fstat(f.fileno())
                 check_size(self.uri(key), st.st_size, max_bytes)
                 data = f.read() if max_bytes is None else f.read(max_bytes + 1)
@@ -85,6 +89,17 @@ class LocalBackend(Backend):
             raise NotFoundError(f"{self.uri(key)}: no such file") from None
         except PermissionError as exc:
             raise AccessDeniedError(f"{self.uri(key)}: {exc.strerror}") from None
+
+    def _open_to_read(self, key: str) -> int:
+        """A read-only descriptor of the file behind ``key``. ``O_NOFOLLOW`` first: a symlink
+        as the last component fails (ELOOP) instead of costing an lstat on every read, and is
+        then resolved and checked like any other path."""
+        try:
+            return os.open(self.path(key, last_link=False), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        return os.open(self.path(key), os.O_RDONLY)
 
     def write(self, key: str, data: bytes, *, if_match: str | None = None,
               if_none_match: bool = False) -> None:
