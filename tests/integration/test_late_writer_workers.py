@@ -50,6 +50,7 @@ def test_a_worker_paused_mid_chunk_past_the_visibility_timeout_cannot_rewrite_th
     os.mkfifo(pipe)
     first = WorkerProcess(settings, tmp_path / "first.log", "first").wait_ready()
     second: WorkerProcess | None = None
+    writer: int | None = None
     try:
         job = send_one_chunk_job(client, settings, uris)
         writer = open_when_read(pipe, first)  # worker 1 is reading the chunk's 4th image
@@ -64,9 +65,12 @@ def test_a_worker_paused_mid_chunk_past_the_visibility_timeout_cannot_rewrite_th
         first.process.send_signal(signal.SIGCONT)
         os.write(writer, b"worker 1 reads this, which is no image\n")
         os.close(writer)
+        writer = None
         wait_for_log(first, f"Task {INFER_TASK}[{task_id(job, 0, 0)}] succeeded")
         assert first.stop() == 0
     finally:
+        if writer is not None:
+            os.close(writer)
         if first.process.poll() is None:  # never leave a stopped worker behind
             first.process.send_signal(signal.SIGCONT)
             first.kill()
