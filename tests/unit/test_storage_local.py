@@ -151,3 +151,11 @@ def test_a_folder_turned_into_a_symlink_out_is_refused_once_its_cached_path_expi
     (root / "a").symlink_to(root.parent / "outside")
     with pytest.raises(AccessDeniedError):
         storage.read("a/secret.txt")
+
+
+def test_a_symlink_to_a_file_inside_the_root_is_read_through(
+        storage: Storage, root: Path) -> None:
+    # the read opens with O_NOFOLLOW first; a link as the last component is then resolved
+    storage.write("real/photo.jpg", b"pixels")
+    (root / "alias.jpg").symlink_to(root / "real" / "photo.jpg")
+    assert storage.read("alias.jpg") == b"pixels"
