@@ -102,7 +102,8 @@ def prepare(source: str | Iterable[str] | Source, job: str | None = None,
         source, client.storage, local_files=local_files, hints=hints, table=table)
     limit = settings.max_pending_chunks if max_pending is None else max_pending
     return Submission(client, job, resolved, model=model, results=settings.results,
-                      size=chunk_size or settings.chunk_size, limit=limit, progress=progress)
+                      size=chunk_size or settings.chunk_size, limit=limit, progress=progress,
+                      results_format=settings.results_format)
 
 
 def check_model(model: str, client: Client) -> str:
@@ -125,9 +126,11 @@ class Submission:
     """One submission of a job: open its record, send its chunks, end the submission."""
 
     def __init__(self, client: Client, job: str, source: Source, *, model: str,
-                 results: str, size: int, limit: int, progress: Progress | None) -> None:
+                 results: str, size: int, limit: int, progress: Progress | None,
+                 results_format: str = "jsonl") -> None:
         self.client, self.jobs, self.job = client, client.jobs, job
         self.source, self.model, self.results = source, model, results
+        self.results_format = results_format
         self.size, self.limit, self.progress = size, limit, progress
         self.inputs = InputRecord(client.storage, results, job)
         self.sent = Sent(job)
@@ -150,14 +153,16 @@ class Submission:
         if resume:
             self.created = self.jobs.create_or_resume(self.job, model=model, results=results,
                                                       source=source, chunk_size=self.size,
-                                                      table=self.table)
+                                                      table=self.table,
+                                                      results_format=self.results_format)
         else:
             self.created = fresh is not None and self.jobs.create(
                 self.job, model=model, results=results, source=source, chunk_size=self.size,
-                table=self.table)
+                table=self.table, results_format=self.results_format)
             if not self.created:
                 self.jobs.check_same(self.job, model=model, results=results, source=source,
-                                     chunk_size=self.size, table=self.table)
+                                     chunk_size=self.size, table=self.table,
+                                     results_format=self.results_format)
         self._fresh = fresh if self.created else None  # another one created it meanwhile
         return self.created
 
@@ -337,6 +342,7 @@ def prepare_resume(job: str, *, client: Client, progress: Progress | None = None
         source = sources.resolve(record.source, client.storage, local_files=local_files,
                                  table=Table.from_text(record.table))
     return prepare(source, job=job, model=record.model, chunk_size=record.chunk_size,
-                   settings=dataclasses.replace(client.settings, results=record.results),
+                   settings=dataclasses.replace(client.settings, results=record.results,
+                                                results_format=record.results_format or "jsonl"),
                    client=client, progress=progress)
 
