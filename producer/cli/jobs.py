@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ def add_parsers(commands: Commands) -> None:
     p.add_argument("--uri-column", help="the table's column of image URIs (default: uri)")
     p.add_argument("--keep", metavar="COL,COL", help="table columns to carry into every "
                    "result line of the image, unchanged in type, under \"columns\"")
+    p.add_argument("--results-format", choices=("jsonl", "parquet"), help="this job's results "
+                   "format (default: RSTREAM_RESULTS_FORMAT)")
     p.set_defaults(handler=submit_command)
 
     p = commands.add_parser("status", help="a job's counts, rate and ETA, and what it waits "
@@ -91,6 +94,8 @@ def add_parsers(commands: Commands) -> None:
 
 
 def submit_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.results_format:
+        settings = dataclasses.replace(settings, results_format=args.results_format)
     client = Client(settings)
     job = JOB_ID.check(args.job or new_job_id())
     print(job, flush=True)  # first: a script can follow the job while it is being sent
