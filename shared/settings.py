@@ -239,11 +239,12 @@ class Settings:
         "results", "Where result parts and manifests go: a path under the root or s3://bucket/prefix.",
         _location, "use a path or s3://bucket/prefix")
     results_format: str = _setting(
-        "jsonl", "Default results format of a job: jsonl (parts only) or parquet (parts "
-        "compacted into Parquet files when the job ends; needs rstream[parquet]).",
+        "jsonl", "Default results format of a job, recorded in its record: jsonl or parquet "
+        "(compaction into Parquet files at the job's end is not built yet, issue #23.2).",
         _choice("jsonl", "parquet"), "use jsonl or parquet")
     parquet_rows_per_file: int = _setting(
-        1_000_000, "Parquet results: about this many rows per scores-NNNNN.parquet file.",
+        1_000_000, "Parquet results: about this many rows per scores-NNNNN.parquet file (for the "
+        "compaction of issue #23.2, not built yet).",
         _int(1), "use an integer >= 1")
     models: str = _setting(
         "models", "Model registry location: a path under the root or s3://bucket/prefix.",
