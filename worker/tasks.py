@@ -72,6 +72,8 @@ def _count(chunk: ChunkMessage, outcome: Outcome, seconds: float) -> None:
         metrics.count_chunk(chunk.model, "stalled", type(outcome.error).__name__)
     elif "skipped" in summary:
         metrics.count_chunk(chunk.model, "skipped")
+    elif "refused" in summary:  # a late writer: the part that is there was recorded instead
+        metrics.count_chunk(chunk.model, "refused", "LateWrite")
     else:
         metrics.count_chunk(summary["model"], "done", images=summary,
                             failures=summary["errors"])

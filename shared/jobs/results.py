@@ -76,6 +76,12 @@ def read_part(storage: Storage, uri: str) -> list[Line]:
     return list(decode(storage.read(uri), uri))
 
 
+def read_part_versioned(storage: Storage, uri: str) -> tuple[list[Line], str]:
+    """The lines of one part and its ETag, for a write only if it is unchanged since."""
+    data, etag = storage.read_versioned(uri)
+    return list(decode(data, uri)), etag
+
+
 def job_lines(storage: Storage, results: str, job: str, *,
               failed_only: bool = False) -> Iterator[Line]:
     """The job's result lines, part by part in chunk order, one part in memory at a time."""

@@ -356,3 +356,19 @@ def test_spec_round_trips_and_refuses_unknown_interpolation():
         Preprocessing(interpolation="cubic")
     with pytest.raises(ConfigError, match="std non-zero"):
         Preprocessing(std=(0.2, 0.0, 0.2))
+
+
+@pytest.mark.parametrize("size", [(3, 32, 32), (3, 32, 45), (3, 256, 301)])
+def test_resize_crop_of_an_image_at_its_resized_size_equals_torchvision_resize_then_crop(
+        size: tuple[int, int, int]) -> None:
+    # resize_crop skips the resize when the shorter side is already the target: the same
+    # pixels as torchvision's antialiased resize at that size followed by the center crop.
+    from torchvision.transforms.v2 import functional as F
+
+    from rstream.worker.model.preprocess import resize_crop
+
+    seeded = torch.Generator().manual_seed(5)
+    pixels = torch.randint(0, 256, size, dtype=torch.uint8, generator=seeded)
+    spec = Preprocessing(resize=min(size[1:]), crop=min(size[1:]) - 2)
+    expected = F.center_crop(F.resize(pixels, [size[1], size[2]], antialias=True), [spec.crop])
+    assert torch.equal(resize_crop(pixels, spec), expected)

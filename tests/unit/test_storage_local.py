@@ -137,3 +137,17 @@ def test_temp_files_of_writes_are_not_listed(storage: Storage, root: Path) -> No
 def test_join_makes_single_slashes() -> None:
     assert join("s3://b/p/", "/x/", "y") == "s3://b/p/x/y"
     assert join("results", "job", "part-000000.jsonl") == "results/job/part-000000.jsonl"
+
+
+def test_a_folder_turned_into_a_symlink_out_is_refused_once_its_cached_path_expires(
+        storage: Storage, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rstream.shared.storage import local
+
+    monkeypatch.setattr(local, "_DIR_CACHE_S", 0.0)  # expire at once rather than in a second
+    storage.write("a/secret.txt", b"inside")
+    assert storage.read("a/secret.txt") == b"inside"  # the folder's resolved path is cached
+    (root / "a" / "secret.txt").unlink()
+    (root / "a").rmdir()
+    (root / "a").symlink_to(root.parent / "outside")
+    with pytest.raises(AccessDeniedError):
+        storage.read("a/secret.txt")

@@ -311,7 +311,8 @@ def resize_crop(pixels: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     torchvision's antialiased resize of the shorter side (the tensor and batched paths)."""
     height, width = pixels.shape[-2:]
     new_w, new_h = resized_size(width, height, spec.resize)
-    pixels = F.resize(pixels, [new_h, new_w], antialias=True)
+    if (new_w, new_h) != (width, height):  # at its own size the resize returns its input
+        pixels = F.resize(pixels, [new_h, new_w], antialias=True)
     left, top = crop_origin(new_w, spec.crop), crop_origin(new_h, spec.crop)
     return pixels[:, top:top + spec.crop, left:left + spec.crop]
 

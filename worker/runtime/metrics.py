@@ -30,7 +30,8 @@ IMAGES = Counter("rstream_images_total", "Images with a result line, by model, r
                  "failed) and reason (the error class of a failure).",
                  ["model", "result", "reason"])
 CHUNKS = Counter("rstream_chunks_total", "Chunk tasks by model, outcome (done, skipped, "
-                 "retried, requeued, stalled, dead-lettered) and reason (the error class).",
+                 "refused: a late write of a part already written, retried, requeued, "
+                 "stalled, dead-lettered) and reason (the error class).",
                  ["model", "outcome", "reason"])
 CHUNK_SECONDS = Histogram("rstream_chunk_seconds", "Wall time of one chunk task that is done.",
                           buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))

@@ -31,6 +31,7 @@ from rstream.shared.errors import (
     InvalidMessage,
     JobFailed,
     PermanentError,
+    PreconditionFailed,
     RstreamError,
     TransientError,
 )
@@ -44,6 +45,7 @@ from rstream.shared.jobs.results import (
     failure_reasons,
     part_uri,
     read_part,
+    read_part_versioned,
     replace_lines,
     scored_by,
 )
@@ -155,25 +157,76 @@ def run_chunk(message: ChunkMessage, ctx: ChunkContext,
 def write_part(message: ChunkMessage, ctx: ChunkContext, lines: list[Line]) -> dict[str, Any]:
     """Write the chunk's part (a retry replaces its URIs' lines), record it, and write the
     manifest if that finished the job. The summary counts ``lines``: what this task wrote,
-    with the model that scored them and the failures by error class."""
+    with the model that scored them and the failures by error class.
+
+    The late-writer rule: a writer that finds the chunk's part already written for its
+    generation (another worker redid the chunk while this one was paused or partitioned, or
+    this very chunk crashed between its write and its record) does not write; it records
+    the part that is there, counted from its lines, never from what it computed, so the
+    job's counts and the part agree. Its summary says ``refused``.
+    """
     assert len(lines) == len(message.uris), "one result line per URI"
+    uri = part_uri(message.results, message.job, message.chunk)
+    with_columns(lines, message.columns)
+    part = _place(message, ctx, uri, lines)
+    if part is None:
+        return _adopt(message, ctx, uri, lines)
     counts = count_lines(lines)
     summary = {"chunk": message.chunk, "ok": counts["ok"], "failed": counts["failed"],
                "model": scored_by(lines) or message.model, "errors": failure_reasons(lines)}
-    uri = part_uri(message.results, message.job, message.chunk)
-    with_columns(lines, message.columns)
-    part = lines
-    if message.generation > 0:
-        existing = read_part(ctx.storage, uri)
-        kept = {line["uri"]: line["columns"] for line in existing if "columns" in line}
-        for line in lines:  # a retried image keeps the columns it was submitted with
-            if line["uri"] in kept:
-                line.setdefault("columns", kept[line["uri"]])
-        part = replace_lines(existing, lines)
-    ctx.storage.write(uri, encode(part))
+    _record(message, ctx, part)
+    return summary
+
+
+def _place(message: ChunkMessage, ctx: ChunkContext, uri: str,
+           lines: list[Line]) -> list[Line] | None:
+    """Write the part unless it is already written for this generation; the part written,
+    or None when refused.
+
+    Generation 0 creates the part only if absent (an atomic conditional create on local
+    storage and on S3). A retry generation replaces lines of the part that is there: it is
+    fenced by its own done flag, checked between reading the part and writing it only if the
+    part is unchanged since read (if_match); see docs/limits.md for the window left.
+    """
+    if message.generation == 0:
+        try:
+            ctx.storage.write(uri, encode(lines), if_none_match=True)
+        except PreconditionFailed:
+            return None
+        return lines
+    existing, etag = read_part_versioned(ctx.storage, uri)
+    if ctx.jobs.is_done(message.job, message.chunk, message.generation):
+        return None
+    kept = {line["uri"]: line["columns"] for line in existing if "columns" in line}
+    for line in lines:  # a retried image keeps the columns it was submitted with
+        if line["uri"] in kept:
+            line.setdefault("columns", kept[line["uri"]])
+    part = replace_lines(existing, lines)
+    try:
+        ctx.storage.write(uri, encode(part), if_match=etag)
+    except PreconditionFailed:
+        return None
+    return part
+
+
+def _adopt(message: ChunkMessage, ctx: ChunkContext, uri: str,
+           lines: list[Line]) -> dict[str, Any]:
+    """Record the part that another writer put there, counted from its own lines."""
+    existing = read_part(ctx.storage, uri)
+    ours = {line["uri"]: line for line in lines}
+    same = all(ours.get(line["uri"], line) == line for line in existing)
+    logger.warning("job %s chunk %d (generation %d): part already written by another attempt; "
+                   "late write refused (%s), recording the part that is there",
+                   message.job, message.chunk, message.generation,
+                   "same lines" if same else "its lines differ from this attempt's",
+                   extra=log_fields(message))
+    _record(message, ctx, existing)
+    return {"chunk": message.chunk, "refused": "part already written", "same": same}
+
+
+def _record(message: ChunkMessage, ctx: ChunkContext, part: list[Line]) -> None:
     ended = ctx.jobs.complete(message.job, message.chunk, message.generation, count_lines(part))
     finish(ctx.storage, ctx.jobs, message.job, ended=ended, log_fields=log_fields(message))
-    return summary
 
 
 def with_columns(lines: list[Line], columns: list[dict[str, Any]] | None) -> None:
