@@ -22,6 +22,7 @@ from rstream.shared import sources
 from rstream.shared.errors import ConfigError
 from rstream.shared.jobs.finish import finish
 from rstream.shared.jobs.inputs import InputRecord, segment_size
+from rstream.shared.jobs.parquet import require_pyarrow
 from rstream.shared.jobs.resend import Unfinished, resend_unfinished
 from rstream.shared.jobs.results import failed_uris
 from rstream.shared.jobs.sender import SEND_BATCH, Outgoing
@@ -97,6 +98,8 @@ def prepare(source: str | Iterable[str] | Source, job: str | None = None,
     client = client or Client(settings)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
+    if settings.results_format == "parquet":
+        require_pyarrow()  # whichever host ends the job compacts it: refuse one that cannot
     job = JOB_ID.check(job or new_job_id())
     resolved = source if isinstance(source, Source) else sources.resolve(
         source, client.storage, local_files=local_files, hints=hints, table=table)

@@ -240,11 +240,12 @@ class Settings:
         _location, "use a path or s3://bucket/prefix")
     results_format: str = _setting(
         "jsonl", "Default results format of a job, recorded in its record: jsonl or parquet "
-        "(compaction into Parquet files at the job's end is not built yet, issue #23.2).",
+        "(parts stay JSONL; at the job's end they are compacted into scores-NNNNN.parquet "
+        "files, needs pyarrow: pip install 'rstream[parquet]').",
         _choice("jsonl", "parquet"), "use jsonl or parquet")
     parquet_rows_per_file: int = _setting(
-        1_000_000, "Parquet results: about this many rows per scores-NNNNN.parquet file (for the "
-        "compaction of issue #23.2, not built yet).",
+        1_000_000, "Parquet results: at most this many rows per scores-NNNNN.parquet file "
+        "(the last file holds the rest).",
         _int(1), "use an integer >= 1")
     models: str = _setting(
         "models", "Model registry location: a path under the root or s3://bucket/prefix.",
