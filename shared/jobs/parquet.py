@@ -102,6 +102,11 @@ class _Columns:
         return pa.schema(fields)
 
 
+def with_metadata(schema: Any, job: str) -> Any:
+    """``schema`` with the key-value metadata every rstream Parquet file carries."""
+    return schema.with_metadata({"rstream.schema_version": SCHEMA_VERSION, "rstream.job": job})
+
+
 def lines_table(lines: list[Line], columns: _Columns) -> Any:
     """The lines as an arrow table of ``columns``' schema."""
     import numpy as np
@@ -173,8 +178,8 @@ class _FileWriter:
         group = pa.concat_tables(self.pending, promote_options="permissive")
         if self.writer is None:
             self.sink = pa.BufferOutputStream()
-            self.writer = pa.parquet.ParquetWriter(self.sink, group.schema.with_metadata(
-                {"rstream.schema_version": SCHEMA_VERSION, "rstream.job": self.job}))
+            self.writer = pa.parquet.ParquetWriter(self.sink, with_metadata(group.schema,
+                                                                            self.job))
         self.writer.write_table(group.cast(self.writer.schema))
         self.rows += group.num_rows
         self.pending, self.pending_rows = [], 0
@@ -207,6 +212,37 @@ def compact(storage: Storage, results: str, job: str, rows_per_file: int) -> lis
     files = out.close()
     _remove_stale(storage, results, job, {entry["file"] for entry in files})
     return files
+
+
+def _batches(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
+    batch: list[Line] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_lines(lines: Iterable[Line], where: Any, job: str) -> int:
+    """Write ``lines`` (any job's, streamed) as one Parquet file at ``where`` (a local path or a
+    binary file), a row group per ``ROW_GROUP_ROWS`` lines; the rows written."""
+    pa = require_pyarrow()
+    columns = _Columns(pa)
+    writer: Any = None
+    rows = 0
+    for batch in _batches(lines, ROW_GROUP_ROWS):
+        columns.learn(batch)
+        table = lines_table(batch, columns)
+        if writer is None:
+            writer = pa.parquet.ParquetWriter(where, with_metadata(table.schema, job))
+        writer.write_table(table.cast(writer.schema))
+        rows += len(batch)
+    if writer is None:  # no lines: a file with the schema and no rows
+        writer = pa.parquet.ParquetWriter(where, with_metadata(columns.schema(), job))
+    writer.close()
+    return rows
 
 
 def _remove_stale(storage: Storage, results: str, job: str, keep: Iterable[str]) -> None:

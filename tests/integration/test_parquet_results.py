@@ -1,9 +1,12 @@
 """Parquet results through a real worker: a parquet job with kept columns ends with typed
 scores-NNNNN.parquet files that pyarrow and duckdb both read back as the JSONL lines, listed by
-the manifest; a finisher that dies mid-compaction leaves the job to the repair pass."""
+the manifest, and `rstream results --format parquet|csv` writes the same; a finisher that dies
+mid-compaction leaves the job to the repair pass."""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 
 from rstream.producer import monitor
+from rstream.producer.cli import build_parser
 from rstream.producer.client import Client
 from rstream.producer.submit import submit
 from rstream.shared.jobs.finish import finish
@@ -90,6 +94,21 @@ def test_a_parquet_job_ends_with_typed_files_that_match_its_lines(
         (uri, by_uri[uri]["columns"]["product_id"],
          by_uri[uri]["top"][0]["label"] if by_uri[uri]["ok"] else None) for uri in sorted(uris)]
     assert all(row[3] == row[2] for row in got)
+
+    # rstream results --format: Parquet with the files' rows, CSV flattened to top-1.
+    for fmt in ("parquet", "csv"):
+        args = build_parser().parse_args(["results", job, "--format", fmt, "--out",
+                                          str(tmp_path / f"export.{fmt}")])
+        assert isinstance(args, argparse.Namespace)
+        assert args.handler(args, client.settings) == 0
+    assert pq.read_table(tmp_path / "export.parquet").equals(table)
+    with open(tmp_path / "export.csv", newline="") as handle:
+        exported = list(csv.DictReader(handle))
+    assert list(exported[0]) == ["uri", "ok", "index", "label", "prob", "model", "error_type",
+                                 "error_message", "product_id", "input_label"]
+    assert [(row["uri"], row["label"], row["product_id"]) for row in exported] == [
+        (line["uri"], line["top"][0]["label"] if line["ok"] else "",
+         str(line["columns"]["product_id"])) for line in lines]
 
     # A finisher that dies after the first file (fault injected by monkeypatch: the write of
     # the second file raises) leaves no manifest; the repair pass then compacts it all again.
