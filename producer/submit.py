@@ -59,28 +59,30 @@ def submit(source: str | Iterable[str] | Source, job: str | None = None,
            model: str | None = None, chunk_size: int | None = None, *,
            settings: Settings | None = None, max_pending: int | None = None,
            client: Client | None = None, progress: Progress | None = None,
-           table: Table | None = None) -> str:
+           table: Table | None = None, results_format: str | None = None) -> str:
     """Submit every image of ``source`` for scoring; returns the job id.
 
     ``source`` is a folder, a list file or an iterable of URIs (see ``shared/sources.py``);
-    ``table`` reads the list file as a table whose kept columns go into the result lines.
+    ``table`` reads the list file as a table whose kept columns go into the result lines;
+    ``results_format`` (jsonl or parquet, default RSTREAM_RESULTS_FORMAT) is the job's.
     Resubmitting the same job id with the same arguments continues it from its input record:
     chunks already done are not sent again, and no chunk is counted twice. Other arguments
     under the same id are refused.
     """
     return submit_counted(source, job, model, chunk_size, settings=settings,
                           max_pending=max_pending, client=client, progress=progress,
-                          table=table).job
+                          table=table, results_format=results_format).job
 
 
 def submit_counted(source: str | Iterable[str] | Source, job: str | None = None,
                    model: str | None = None, chunk_size: int | None = None, *,
                    settings: Settings | None = None, max_pending: int | None = None,
                    client: Client | None = None, progress: Progress | None = None,
-                   table: Table | None = None) -> Sent:
+                   table: Table | None = None, results_format: str | None = None) -> Sent:
     """:func:`submit`, returning what was sent."""
     return prepare(source, job, model, chunk_size, settings=settings, max_pending=max_pending,
-                   client=client, progress=progress, table=table).run()
+                   client=client, progress=progress, table=table,
+                   results_format=results_format).run()
 
 
 def prepare(source: str | Iterable[str] | Source, job: str | None = None,
@@ -88,14 +90,17 @@ def prepare(source: str | Iterable[str] | Source, job: str | None = None,
             settings: Settings | None = None, max_pending: int | None = None,
             client: Client | None = None, progress: Progress | None = None,
             local_files: bool = True, hints: bool = True,
-            table: Table | None = None) -> Submission:
+            table: Table | None = None, results_format: str | None = None) -> Submission:
     """A submission with its model, output, job id and source checked, nothing recorded yet:
     :meth:`Submission.run` does the rest (or :meth:`~Submission.open`, then
     :meth:`~Submission.send`, for a server that answers in between). ``local_files=False``
     (the HTTP API) reads list files from storage only; ``hints=False`` names no folder nearby
-    in its errors; ``table`` reads a list file as a table (``shared/tables/``)."""
+    in its errors; ``table`` reads a list file as a table (``shared/tables/``);
+    ``results_format`` overrides RSTREAM_RESULTS_FORMAT for this job."""
     settings = settings or (client.settings if client else Settings.from_env())
     client = client or Client(settings)
+    if results_format is not None:
+        settings = dataclasses.replace(settings, results_format=results_format)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
     if settings.results_format == "parquet":
