@@ -135,6 +135,17 @@ def lines_table(lines: list[Line], columns: _Columns) -> Any:
                              "a kept column changed type between lines") from None
 
 
+def fit(table: Any, schema: Any) -> Any:
+    """``table`` cast to the schema of the file being written (fixed by its first lines);
+    PermanentError when later lines brought other columns or types."""
+    try:
+        return table.cast(schema)
+    except (ValueError, TypeError, NotImplementedError) as exc:  # arrow's errors subclass these
+        raise PermanentError(f"result lines do not fit the job's Parquet schema ({exc}); "
+                             "the schema is fixed by the first lines that carry each column"
+                             ) from None
+
+
 def _tables(storage: Storage, results: str, job: str, columns: _Columns) -> Iterator[Any]:
     """One arrow table per part, in chunk order, each read when asked for."""
     for uri in part_uris(storage, results, job):
@@ -180,7 +191,7 @@ class _FileWriter:
             self.sink = pa.BufferOutputStream()
             self.writer = pa.parquet.ParquetWriter(self.sink, with_metadata(group.schema,
                                                                             self.job))
-        self.writer.write_table(group.cast(self.writer.schema))
+        self.writer.write_table(fit(group, self.writer.schema))
         self.rows += group.num_rows
         self.pending, self.pending_rows = [], 0
 
@@ -237,7 +248,7 @@ def write_lines(lines: Iterable[Line], where: Any, job: str) -> int:
         table = lines_table(batch, columns)
         if writer is None:
             writer = pa.parquet.ParquetWriter(where, with_metadata(table.schema, job))
-        writer.write_table(table.cast(writer.schema))
+        writer.write_table(fit(table, writer.schema))
         rows += len(batch)
     if writer is None:  # no lines: a file with the schema and no rows
         writer = pa.parquet.ParquetWriter(where, with_metadata(columns.schema(), job))

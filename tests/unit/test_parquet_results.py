@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rstream.producer.cli import main
+from rstream.producer.export import csv_row
+from rstream.shared.errors import PermanentError
 from rstream.shared.jobs.parquet import compact, file_uri
 from rstream.shared.jobs.results import encode, part_uri
 from rstream.shared.storage import Storage
@@ -87,3 +90,28 @@ def test_label_only_and_embedding_lines(storage: Storage) -> None:
     assert table.column("top").to_pylist() == [None, None]
     got = np.array(table.column("embedding").to_pylist(), dtype="<f2")
     assert np.array_equal(got, vectors)
+
+
+def test_lines_that_change_a_kept_column_type_fail_clearly(storage: Storage) -> None:
+    first = {"uri": "a", "ok": False, "model": None, "error": {"type": "E", "message": "m"},
+             "columns": {"sku": 1}}
+    storage.write(part_uri("out", "t", 0), encode([first]))
+    storage.write(part_uri("out", "t", 1), encode([{**first, "uri": "b",
+                                                    "columns": {"sku": "x1"}}]))
+    with pytest.raises(PermanentError, match="do not fit the job's Parquet schema"):
+        compact(storage, "out", "t", rows_per_file=10)
+
+
+def test_results_as_parquet_need_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["results", "some-job", "--format", "parquet"]) == 2
+    assert "rstream: error: --format parquet needs --out FILE" in capsys.readouterr().err
+
+
+def test_csv_rows_flatten_top_1_and_label_only_lines() -> None:
+    top = {"uri": "a", "ok": True, "model": "m", "columns": {"label": "in", "n": 3},
+           "top": [{"index": 1, "label": "cat", "prob": 0.5}]}
+    only = {"uri": "b", "ok": True, "model": "m", "index": 2, "label": "dog", "prob": 0.25}
+    assert csv_row(top) == {"uri": "a", "ok": True, "index": 1, "label": "cat", "prob": 0.5,
+                            "model": "m", "error_type": None, "error_message": None,
+                            "input_label": "in", "n": 3}
+    assert (csv_row(only)["label"], csv_row(only)["index"]) == ("dog", 2)
