@@ -5,6 +5,7 @@ over an earlier run's files."""
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from rstream.producer.cli import main
 from rstream.producer.export import csv_row
-from rstream.shared.errors import PermanentError
+from rstream.shared.errors import ConfigError, PermanentError
 from rstream.shared.jobs.parquet import compact, file_uri
 from rstream.shared.jobs.results import encode, part_uri
 from rstream.shared.storage import Storage
@@ -115,3 +116,13 @@ def test_csv_rows_flatten_top_1_and_label_only_lines() -> None:
                             "model": "m", "error_type": None, "error_message": None,
                             "input_label": "in", "n": 3}
     assert (csv_row(only)["label"], csv_row(only)["index"]) == ("dog", 2)
+
+
+def test_without_pyarrow_the_error_names_the_extra(storage: Storage,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # pyarrow made unimportable (a None entry in sys.modules): a host without the extra.
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    storage.write(part_uri("out", "n", 0), encode(_lines(0, 1)))
+    with pytest.raises(ConfigError, match=r"pip install 'rstream\[parquet\]'"):
+        compact(storage, "out", "n", rows_per_file=10)
