@@ -22,6 +22,7 @@ from rstream.shared import sources
 from rstream.shared.errors import ConfigError
 from rstream.shared.jobs.finish import finish
 from rstream.shared.jobs.inputs import InputRecord, segment_size
+from rstream.shared.jobs.parquet import require_pyarrow
 from rstream.shared.jobs.resend import Unfinished, resend_unfinished
 from rstream.shared.jobs.results import failed_uris
 from rstream.shared.jobs.sender import SEND_BATCH, Outgoing
@@ -58,28 +59,30 @@ def submit(source: str | Iterable[str] | Source, job: str | None = None,
            model: str | None = None, chunk_size: int | None = None, *,
            settings: Settings | None = None, max_pending: int | None = None,
            client: Client | None = None, progress: Progress | None = None,
-           table: Table | None = None) -> str:
+           table: Table | None = None, results_format: str | None = None) -> str:
     """Submit every image of ``source`` for scoring; returns the job id.
 
     ``source`` is a folder, a list file or an iterable of URIs (see ``shared/sources.py``);
-    ``table`` reads the list file as a table whose kept columns go into the result lines.
+    ``table`` reads the list file as a table whose kept columns go into the result lines;
+    ``results_format`` (jsonl or parquet, default RSTREAM_RESULTS_FORMAT) is the job's.
     Resubmitting the same job id with the same arguments continues it from its input record:
     chunks already done are not sent again, and no chunk is counted twice. Other arguments
     under the same id are refused.
     """
     return submit_counted(source, job, model, chunk_size, settings=settings,
                           max_pending=max_pending, client=client, progress=progress,
-                          table=table).job
+                          table=table, results_format=results_format).job
 
 
 def submit_counted(source: str | Iterable[str] | Source, job: str | None = None,
                    model: str | None = None, chunk_size: int | None = None, *,
                    settings: Settings | None = None, max_pending: int | None = None,
                    client: Client | None = None, progress: Progress | None = None,
-                   table: Table | None = None) -> Sent:
+                   table: Table | None = None, results_format: str | None = None) -> Sent:
     """:func:`submit`, returning what was sent."""
     return prepare(source, job, model, chunk_size, settings=settings, max_pending=max_pending,
-                   client=client, progress=progress, table=table).run()
+                   client=client, progress=progress, table=table,
+                   results_format=results_format).run()
 
 
 def prepare(source: str | Iterable[str] | Source, job: str | None = None,
@@ -87,22 +90,28 @@ def prepare(source: str | Iterable[str] | Source, job: str | None = None,
             settings: Settings | None = None, max_pending: int | None = None,
             client: Client | None = None, progress: Progress | None = None,
             local_files: bool = True, hints: bool = True,
-            table: Table | None = None) -> Submission:
+            table: Table | None = None, results_format: str | None = None) -> Submission:
     """A submission with its model, output, job id and source checked, nothing recorded yet:
     :meth:`Submission.run` does the rest (or :meth:`~Submission.open`, then
     :meth:`~Submission.send`, for a server that answers in between). ``local_files=False``
     (the HTTP API) reads list files from storage only; ``hints=False`` names no folder nearby
-    in its errors; ``table`` reads a list file as a table (``shared/tables/``)."""
+    in its errors; ``table`` reads a list file as a table (``shared/tables/``);
+    ``results_format`` overrides RSTREAM_RESULTS_FORMAT for this job."""
     settings = settings or (client.settings if client else Settings.from_env())
     client = client or Client(settings)
+    if results_format is not None:
+        settings = dataclasses.replace(settings, results_format=results_format)
     model = check_model(model or settings.model, client)
     client.storage.resolve(settings.results)  # a refused output location fails here, not later
+    if settings.results_format == "parquet":
+        require_pyarrow()  # whichever host ends the job compacts it: refuse one that cannot
     job = JOB_ID.check(job or new_job_id())
     resolved = source if isinstance(source, Source) else sources.resolve(
         source, client.storage, local_files=local_files, hints=hints, table=table)
     limit = settings.max_pending_chunks if max_pending is None else max_pending
     return Submission(client, job, resolved, model=model, results=settings.results,
-                      size=chunk_size or settings.chunk_size, limit=limit, progress=progress)
+                      size=chunk_size or settings.chunk_size, limit=limit, progress=progress,
+                      results_format=settings.results_format)
 
 
 def check_model(model: str, client: Client) -> str:
@@ -125,9 +134,11 @@ class Submission:
     """One submission of a job: open its record, send its chunks, end the submission."""
 
     def __init__(self, client: Client, job: str, source: Source, *, model: str,
-                 results: str, size: int, limit: int, progress: Progress | None) -> None:
+                 results: str, size: int, limit: int, progress: Progress | None,
+                 results_format: str = "jsonl") -> None:
         self.client, self.jobs, self.job = client, client.jobs, job
         self.source, self.model, self.results = source, model, results
+        self.results_format = results_format
         self.size, self.limit, self.progress = size, limit, progress
         self.inputs = InputRecord(client.storage, results, job)
         self.sent = Sent(job)
@@ -150,14 +161,16 @@ class Submission:
         if resume:
             self.created = self.jobs.create_or_resume(self.job, model=model, results=results,
                                                       source=source, chunk_size=self.size,
-                                                      table=self.table)
+                                                      table=self.table,
+                                                      results_format=self.results_format)
         else:
             self.created = fresh is not None and self.jobs.create(
                 self.job, model=model, results=results, source=source, chunk_size=self.size,
-                table=self.table)
+                table=self.table, results_format=self.results_format)
             if not self.created:
                 self.jobs.check_same(self.job, model=model, results=results, source=source,
-                                     chunk_size=self.size, table=self.table)
+                                     chunk_size=self.size, table=self.table,
+                                     results_format=self.results_format)
         self._fresh = fresh if self.created else None  # another one created it meanwhile
         return self.created
 
@@ -337,6 +350,7 @@ def prepare_resume(job: str, *, client: Client, progress: Progress | None = None
         source = sources.resolve(record.source, client.storage, local_files=local_files,
                                  table=Table.from_text(record.table))
     return prepare(source, job=job, model=record.model, chunk_size=record.chunk_size,
-                   settings=dataclasses.replace(client.settings, results=record.results),
+                   settings=dataclasses.replace(client.settings, results=record.results,
+                                                results_format=record.results_format or "jsonl"),
                    client=client, progress=progress)
 

@@ -238,6 +238,15 @@ class Settings:
     results: str = _setting(
         "results", "Where result parts and manifests go: a path under the root or s3://bucket/prefix.",
         _location, "use a path or s3://bucket/prefix")
+    results_format: str = _setting(
+        "jsonl", "Default results format of a job, recorded in its record: jsonl or parquet "
+        "(parts stay JSONL; at the job's end they are compacted into scores-NNNNN.parquet "
+        "files, needs pyarrow: pip install 'rstream[parquet]').",
+        _choice("jsonl", "parquet"), "use jsonl or parquet")
+    parquet_rows_per_file: int = _setting(
+        1_000_000, "Parquet results: at most this many rows per scores-NNNNN.parquet file "
+        "(the last file holds the rest).",
+        _int(1), "use an integer >= 1")
     models: str = _setting(
         "models", "Model registry location: a path under the root or s3://bucket/prefix.",
         _location, "use a path or s3://bucket/prefix")

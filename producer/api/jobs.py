@@ -49,6 +49,9 @@ class SubmitBody(BaseModel):
                                    description="the table's column of URIs (default: uri)")
     keep: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
         None, max_length=MAX_KEEP, description="table columns carried into every result line")
+    results_format: Literal["jsonl", "parquet"] | None = Field(
+        None, description="the job's results format (default: RSTREAM_RESULTS_FORMAT); parquet "
+        "compacts the parts into scores-NNNNN.parquet files at the job's end")
 
     @model_validator(mode="after")
     def _one_source(self) -> SubmitBody:
@@ -77,7 +80,8 @@ def add_routes(app: FastAPI, ctx: ApiContext) -> None:
         hints = "read" in ctx.tokens.scopes(authorization)
         table = from_options(body.format, body.uri_column, body.keep)
         submission = prepare(source, body.job, body.model, body.chunk_size, client=client,
-                             local_files=False, hints=hints, table=table)
+                             local_files=False, hints=hints, table=table,
+                             results_format=body.results_format)
         submission.keep_record = True
         if not submission.open(resume=False):
             return JSONResponse({**ctx.job_view(submission.job), "existing": True},

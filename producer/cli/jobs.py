@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from rstream.producer import monitor
 from rstream.producer.cli.args import Commands, positive
 from rstream.producer.client import Client
+from rstream.producer.export import EXPORT_FORMATS, export
 from rstream.producer.submit import Sent, resume, retry, submit_counted
 from rstream.shared.errors import RstreamError
 from rstream.shared.jobs.results import job_prefix
@@ -42,6 +44,8 @@ def add_parsers(commands: Commands) -> None:
     p.add_argument("--uri-column", help="the table's column of image URIs (default: uri)")
     p.add_argument("--keep", metavar="COL,COL", help="table columns to carry into every "
                    "result line of the image, unchanged in type, under \"columns\"")
+    p.add_argument("--results-format", choices=("jsonl", "parquet"), help="this job's results "
+                   "format (default: RSTREAM_RESULTS_FORMAT)")
     p.set_defaults(handler=submit_command)
 
     p = commands.add_parser("status", help="a job's counts, rate and ETA, and what it waits "
@@ -56,9 +60,15 @@ def add_parsers(commands: Commands) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
     p.set_defaults(handler=wait_command)
 
-    p = commands.add_parser("results", help="stream a job's result lines (JSONL)")
+    p = commands.add_parser("results", help="stream a job's result lines (JSONL), or write "
+                            "them as CSV or Parquet")
     p.add_argument("job", help="the job id")
     p.add_argument("--failed", action="store_true", help="only the failed images")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl", help="jsonl (the "
+                   "lines), csv (top-1 and kept columns: no top-k list, no embedding) or "
+                   "parquet (the compacted files' schema; needs --out FILE)")
+    p.add_argument("--out", default="-", help="the file to write (default: - for stdout; "
+                   "with a progress bar on stderr)")
     p.set_defaults(handler=results_command)
 
     p = commands.add_parser("cancel", help="skip a job's queued chunks (running ones finish)")
@@ -91,6 +101,8 @@ def add_parsers(commands: Commands) -> None:
 
 
 def submit_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.results_format:
+        settings = dataclasses.replace(settings, results_format=args.results_format)
     client = Client(settings)
     job = JOB_ID.check(args.job or new_job_id())
     print(job, flush=True)  # first: a script can follow the job while it is being sent
@@ -184,10 +196,21 @@ def _wait(client: Client, job: str, strict: bool) -> int:
 
 
 def results_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.format == "parquet" and args.out == "-":
+        raise RstreamError("--format parquet needs --out FILE (a Parquet file is not a "
+                           "stream)")
     client = Client(settings)
-    for line in monitor.results(client.jobs, client.storage, args.job,
-                                failed_only=args.failed):
-        print(json.dumps(line, ensure_ascii=False))
+    lines = monitor.results(client.jobs, client.storage, args.job, failed_only=args.failed)
+    if args.out == "-" and args.format == "jsonl":  # the plain stream, as before
+        for line in lines:
+            print(json.dumps(line, ensure_ascii=False))
+        return 0
+    job = client.jobs.get(args.job)
+    with tqdm(lines, total=None if args.failed else job.ok + job.failed, unit="line",
+              file=sys.stderr, disable=None) as bar:  # None: off when not a terminal
+        count = export(iter(bar), args.format, args.out, args.job, sys.stdout)
+    if args.out != "-":
+        print(f"{count} lines written to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,9 @@ that failed as a whole stays failed) and tells exactly one caller so. That calle
 manifest here. A job that is done without a manifest (its finisher died between the two) gets
 one from the next caller that looks (``repair``): ``rstream wait``, a watcher closing the
 window.
+A parquet job's parts are compacted into Parquet files (``parquet.py``) before its manifest is
+written, so a finisher that dies mid-compaction leaves a job done without a manifest, and the
+repair pass compacts it again from the start (the files' names are deterministic).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rstream.shared.jobs.manifest import manifest_uri, write_manifest
+from rstream.shared.jobs.parquet import compact
 from rstream.shared.jobs.store import DONE, JobStore
 from rstream.shared.storage import Storage
 
@@ -33,7 +37,11 @@ def finish(storage: Storage, jobs: JobStore, job_id: str, *, ended: bool,
         job = jobs.get(job_id)
         if job.status != DONE or storage.exists(manifest_uri(job.results, job_id)):
             return None
-    manifest = write_manifest(storage, jobs, job_id)
+    job = jobs.get(job_id)
+    files = None
+    if job.results_format == "parquet":
+        files = compact(storage, job.results, job_id, storage.settings.parquet_rows_per_file)
+    manifest = write_manifest(storage, jobs, job_id, files)
     logger.info("job %s finished: %d ok, %d failed", job_id, manifest["ok"], manifest["failed"],
                 extra=log_fields)
     return manifest

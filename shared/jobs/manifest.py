@@ -41,6 +41,7 @@ def build_manifest(store: JobStore, job_id: str) -> dict[str, Any]:
         "source": job.source,
         "results": job_prefix(job.results, job_id),
         "model": job.model,
+        "results_format": job.results_format or "jsonl",
         "images": ok + failed,
         "ok": ok,
         "failed": failed,
@@ -54,9 +55,13 @@ def build_manifest(store: JobStore, job_id: str) -> dict[str, Any]:
     }
 
 
-def write_manifest(storage: Storage, store: JobStore, job_id: str) -> dict[str, Any]:
-    """Build and write ``manifest.json`` for ``job_id``; returns what was written."""
+def write_manifest(storage: Storage, store: JobStore, job_id: str,
+                   files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build and write ``manifest.json`` for ``job_id``; returns what was written. ``files``:
+    a parquet job's compacted files (``{"file", "rows"}`` each, names under the job's folder)."""
     manifest = build_manifest(store, job_id)
+    if files is not None:
+        manifest["files"] = files
     results = store.get(job_id).results
     storage.write(manifest_uri(results, job_id), json.dumps(manifest, indent=2).encode())
     return manifest

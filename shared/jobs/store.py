@@ -98,6 +98,7 @@ class Job:
     submit_error: str = ""  # why the last submission stopped before it sent everything
     watch: str = ""  # a window job of this watch (producer/watch/); "" for a submitted job
     table: str = ""  # a table source's spec (shared/tables/reader.py Table.to_text); "" for none
+    results_format: str = ""  # jsonl or parquet (RSTREAM_RESULTS_FORMAT); "" is jsonl
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> Job:
@@ -115,12 +116,13 @@ class Job:
         return {"job": data.pop("id"), **data}
 
     def same_submission(self, *, source: str, model: str, results: str,
-                        chunk_size: int, table: str = "") -> bool:
+                        chunk_size: int, table: str = "", results_format: str = "") -> bool:
         """Whether a submission with these arguments is the one that made this job (so it
         resumes the job), not another one under the same id (refused)."""
         return same_location(self.source, source) and (
-            self.model, self.results, self.chunk_size, self.table) == (
-            model, results, chunk_size, table)
+            self.model, self.results, self.chunk_size, self.table,
+            self.results_format or "jsonl") == (
+            model, results, chunk_size, table, results_format or "jsonl")
 
     @property
     def processed(self) -> int:
@@ -175,7 +177,7 @@ class JobStore:
         return [k.format(job=job) for k in (JOB_KEY, JOB_SENT_KEY, JOB_DONE_KEY, JOB_COUNTS_KEY)]
 
     def create(self, job: str, *, model: str, results: str, source: str, chunk_size: int,
-               watch: str = "", table: str = "") -> bool:
+               watch: str = "", table: str = "", results_format: str = "") -> bool:
         """Create the record in one step; True for the one caller of many that made it,
         False when it exists (then nothing is changed).
 
@@ -192,15 +194,18 @@ class JobStore:
             fields["watch"] = watch
         if table:
             fields["table"] = table
+        if results_format:
+            fields["results_format"] = results_format
         pairs = [item for pair in fields.items() for item in pair]
         return bool(self._create([key, JOBS_INDEX_KEY], [self.ttl, now, job, *pairs]))
 
     def check_same(self, job: str, *, model: str, results: str, source: str,
-                   chunk_size: int, table: str = "") -> Job:
+                   chunk_size: int, table: str = "", results_format: str = "") -> Job:
         """The existing record when it was made by the same submission; else JobConflict."""
         existing = self.get(job)
         if not existing.same_submission(source=source, model=model, results=results,
-                                        chunk_size=chunk_size, table=table):
+                                        chunk_size=chunk_size, table=table,
+                                        results_format=results_format):
             raise JobConflict(
                 f"job {job} already exists with another source, model, output, chunk size or "
                 "table columns: "
@@ -208,13 +213,15 @@ class JobStore:
         return existing
 
     def create_or_resume(self, job: str, *, model: str, results: str, source: str,
-                         chunk_size: int, watch: str = "", table: str = "") -> bool:
+                         chunk_size: int, watch: str = "", table: str = "",
+                         results_format: str = "") -> bool:
         """Create the record, or resume one made by the same submission; True when new."""
         if self.create(job, model=model, results=results, source=source,
-                       chunk_size=chunk_size, watch=watch, table=table):
+                       chunk_size=chunk_size, watch=watch, table=table,
+                       results_format=results_format):
             return True
         self.check_same(job, model=model, results=results, source=source,
-                        chunk_size=chunk_size, table=table)
+                        chunk_size=chunk_size, table=table, results_format=results_format)
         # A resumed job sends its stalled chunks again: forget why they stalled.
         self.redis.hset(JOB_KEY.format(job=job), mapping={
             "submitting": 1, "updated_at": time.time(), "stalled_chunks": 0, "submit_error": ""})

@@ -8,12 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rstream.shared.jobs.manifest import manifest_uri
 from rstream.shared.models.registry import Registry
 from rstream.shared.storage import Storage
 from tests.api import ADMIN, READ, SUBMIT, cells, cli, poll_done, render_page
@@ -66,14 +68,23 @@ def test_a_table_over_http_carries_its_columns_and_bad_options_are_refused(
     table = f"tables/{uuid.uuid4().hex[:6]}.csv"
     storage.write(table, ("sku,url\n" + "".join(f"s{i},{u}\n" for i, u in
                                                  enumerate(uris))).encode())
-    body = {"source": table, "model": model, "uri_column": "url", "keep": ["sku"]}
+    body = {"source": table, "model": model, "uri_column": "url", "keep": ["sku"],
+            "results_format": "parquet"}
     with api_stack["open"].client() as http:
         created = http.post("/v1/jobs", json=body)
         assert created.status_code == 202, created.text
-        poll_done(http, created.json()["job"])
-        lines = http.get(f"/v1/jobs/{created.json()['job']}/results").text.splitlines()
+        job = created.json()["job"]
+        poll_done(http, job)
+        lines = http.get(f"/v1/jobs/{job}/results").text.splitlines()
         assert sorted(json.loads(line)["columns"]["sku"] for line in lines) == ["s0", "s1", "s2"]
+        deadline = time.monotonic() + 30  # the finisher writes it just after the record
+        while not storage.exists(manifest_uri(settings.results, job)):
+            assert time.monotonic() < deadline, "no manifest"
+            time.sleep(0.1)
+        manifest = json.loads(storage.read(manifest_uri(settings.results, job)))
+        assert manifest["files"] == [{"file": "scores-00000.parquet", "rows": 3}]
         for change, status, text in [({"format": "xlsx"}, 422, "format"),
+                                     ({"results_format": "csv"}, 422, "results_format"),
                                      ({"keep": ["url"]}, 400, "names the URI column"),
                                      ({"keep": ["price"]}, 400, "no column 'price'")]:
             refused = http.post("/v1/jobs", json={**body, **change})

@@ -117,6 +117,19 @@ def test_resubmitting_with_another_source_is_refused(store: JobStore) -> None:
                                chunk_size=4)
 
 
+def test_the_results_format_is_recorded_and_part_of_the_same_submission(
+        store: JobStore) -> None:
+    job = new_job(store, results_format="parquet")
+    assert store.get(job).results_format == "parquet"
+    with pytest.raises(PermanentError, match="choose another --job"):
+        store.create_or_resume(job, model="m", results="results", source="images/",
+                               chunk_size=4, results_format="jsonl")
+    plain = new_job(store)
+    assert store.get(plain).results_format == ""
+    assert not store.create_or_resume(plain, model="m", results="results", source="images/",
+                                      chunk_size=4, results_format="jsonl"), "'' is jsonl"
+
+
 def test_cancel_and_retry_of_running_job(store: JobStore) -> None:
     job = new_job(store)
     with pytest.raises(PermanentError, match="still running"):

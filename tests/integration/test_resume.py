@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 import uuid
@@ -61,6 +62,17 @@ def test_a_job_submitted_as_a_list_resumes_from_its_input_record(client: Client)
     sent = [json.loads(base64.b64decode(json.loads(raw)["body"]))[1]["message"]["uris"]
             for raw in reversed(client.jobs.redis.lrange(INFER_QUEUE, 0, -1))]
     assert sent == [uris[0:2], uris[2:4], uris[4:5]], "the same chunks, from the record"
+
+
+def test_a_parquet_job_resumes_as_parquet_under_a_jsonl_default(client: Client) -> None:
+    parquet = dataclasses.replace(client.settings, results_format="parquet")
+    job = submit([f"images/{i}.jpg" for i in range(3)], model="random:resnet18",
+                 settings=parquet, client=Client(parquet))
+    assert client.jobs.get(job).results_format == "parquet"
+    client.jobs.redis.delete(INFER_QUEUE)
+    assert client.settings.results_format == "jsonl"
+    assert resume(job, client=client).chunks == 2, "resumed, not refused as another submission"
+    assert client.jobs.get(job).results_format == "parquet"
 
 
 def test_a_list_whose_submission_stopped_continues_only_with_the_list(client: Client) -> None:

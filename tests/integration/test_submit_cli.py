@@ -131,6 +131,9 @@ def test_a_resubmission_with_other_arguments_is_refused(cli: Cli) -> None:
                      "--chunk-size", "2")
     one_line_error(result, "job args already exists with another source, model, output, "
                            "chunk size or table columns")
+    other_format = cli.run("submit", "photos", "--job", "args", "--model", MODEL,
+                           "--results-format", "parquet")
+    one_line_error(other_format, "job args already exists with another source")
 
 
 # --- 2. missing, empty and wrong sources -----------------------------------------------

@@ -20,6 +20,8 @@ BAD_VALUES = {
     "redis_url": "http://127.0.0.1:6379",
     "storage_root": "s3://bucket/root",
     "results": "http://example.com/results",
+    "results_format": "csv",
+    "parquet_rows_per_file": "0",
     "models": "s3:///models",
     "train_data": "ftp://host/train",
     "allowed_buckets": "s3://bucket",
