@@ -62,9 +62,14 @@ def _top1(line: Line) -> tuple[Any, Any, Any]:
     return line.get("index"), line.get("label"), line.get("prob")
 
 
-def _embedding(line: Line, np: Any) -> Any:
-    raw = line.get("embedding")
-    return None if raw is None else np.frombuffer(base64.b64decode(raw), dtype="<f2")
+def _embeddings(lines: list[Line], dim: int, pa: Any) -> Any:
+    """The lines' fp16 embeddings as one fixed-size list array (null where a line has none),
+    built from the bytes themselves: no numpy on the submission side."""
+    raw = [line.get("embedding") for line in lines]
+    values = b"".join(base64.b64decode(text) if text else bytes(2 * dim) for text in raw)
+    flat = pa.Array.from_buffers(pa.float16(), len(lines) * dim, [None, pa.py_buffer(values)])
+    return pa.FixedSizeListArray.from_arrays(flat, dim,
+                                             mask=pa.array([text is None for text in raw]))
 
 
 class _Columns:
@@ -109,8 +114,6 @@ def with_metadata(schema: Any, job: str) -> Any:
 
 def lines_table(lines: list[Line], columns: _Columns) -> Any:
     """The lines as an arrow table of ``columns``' schema."""
-    import numpy as np
-
     pa = columns.pa
     schema = columns.schema()
     top1 = [_top1(line) for line in lines]
@@ -124,7 +127,7 @@ def lines_table(lines: list[Line], columns: _Columns) -> Any:
         "error_type": [(line.get("error") or {}).get("type") for line in lines],
         "error_message": [(line.get("error") or {}).get("message") for line in lines]}
     if columns.embedding_dim is not None:
-        data["embedding"] = [_embedding(line, np) for line in lines]
+        data["embedding"] = _embeddings(lines, columns.embedding_dim, pa)
     for name in columns.kept:
         data[kept_name(name)] = [line.get("columns", {}).get(name) for line in lines]
     try:

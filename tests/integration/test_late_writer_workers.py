@@ -4,7 +4,7 @@ Worker 1 is SIGSTOPped in the middle of a chunk: one of its images is a named pi
 read blocks until the test writes to it, and the test stops the worker once the read has
 begun. Worker 2 gets the chunk after the visibility timeout, redoes it and ends the job.
 Worker 1 is then SIGCONTed and its read gets bytes that are no image, so its lines differ
-from worker 2's (an error line where worker 2 has a prediction): its late attempt must be
+from those of worker 2 (an error line where worker 2 has a prediction): its late attempt must be
 refused and the part, the counts and the manifest stay worker 2's.
 """
 
